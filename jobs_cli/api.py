@@ -1,0 +1,82 @@
+"""`Job`: the Python API, shaped like the original `tdutils.jobutil.Job`.
+
+A script written for the original moves by changing its import and
+constructor line::
+
+    job = Job(name="orders_sync", source="erp", destination="dwh")
+    since = job.most_recent() or 0
+    job.start()
+    ...
+    job.result("success", records_processed=n)
+
+or, new here::
+
+    with job.run() as run:      # success on normal exit, error (and re-raise) on exception
+        ...
+
+Each call opens a short connection (a couple of milliseconds on a local
+server), so a long job holds no idle connection open.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+from . import config, runs
+from .db import Database, connect
+from .errors import InvalidInput, JobsError
+
+
+class Job:
+    def __init__(self, name: str, source: str = "", destination: str = "",
+                 database_url: str | None = None, schema: str = config.DEFAULT_SCHEMA):
+        self.name = runs.validate_name(name)
+        self.source = source
+        self.destination = destination
+        self.database = Database(url=database_url, schema=schema)
+        self.data: dict[str, Any] | None = None
+
+    @property
+    def id(self) -> int | None:
+        return self.data["id"] if self.data else None
+
+    def most_recent(self, status: str = runs.SUCCESS) -> int | None:
+        """Unix seconds of the start of the newest run with `status` (by end), or None."""
+        with connect(self.database) as conn:
+            return runs.last_start(conn, self.database.schema, self.name, status)
+
+    def start(self, message: str | None = None) -> dict[str, Any]:
+        with connect(self.database) as conn:
+            run = runs.start_run(conn, self.database.schema, self.name, source=self.source,
+                                 destination=self.destination, message=message)
+        self.data = run.as_dict()
+        return self.data
+
+    def result(self, _result: str, message: str | None = None,
+               records_processed: int | None = 0) -> dict[str, Any]:
+        if _result not in runs.ENDED:
+            raise InvalidInput(f"result must be 'success' or 'error', not {_result!r}")
+        if self.id is None:
+            raise JobsError("start() the job before reporting its result")
+        with connect(self.database) as conn:
+            run = runs.end_run(conn, self.database.schema, self.id, _result,
+                               records=records_processed, message=message)
+        self.data = run.as_dict()
+        return self.data
+
+    @contextmanager
+    def run(self, message: str | None = None) -> Iterator["Job"]:
+        """Start; on normal exit record success, on an exception record error and re-raise.
+
+        Set `records_processed` on the yielded job to have it recorded.
+        """
+        self.records_processed: int | None = None
+        self.start(message)
+        try:
+            yield self
+        except BaseException as exc:
+            self.result(runs.ERROR, message=str(exc) or type(exc).__name__,
+                        records_processed=self.records_processed)
+            raise
+        self.result(runs.SUCCESS, records_processed=self.records_processed)

@@ -1,0 +1,42 @@
+"""Environment variable names and defaults, in one place.
+
+The tool reads only JOBS_* variables: DATABASE_URL and PG* usually point at
+the *source* database in an ETL environment, so they are never read implicitly.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+ENV_DATABASE_URL = "JOBS_DATABASE_URL"
+ENV_SCHEMA = "JOBS_SCHEMA"
+ENV_HOME = "JOBS_HOME"
+ENV_SOURCE = "JOBS_SOURCE"
+ENV_DESTINATION = "JOBS_DESTINATION"
+ENV_PG_BINDIR = "JOBS_PG_BINDIR"
+ENV_SERVER_USER = "JOBS_SERVER_USER"
+
+# Handed by `jobs-cli run` to the command it runs.
+ENV_ID = "JOBS_ID"
+ENV_NAME = "JOBS_NAME"
+ENV_LAST_SUCCESS = "JOBS_LAST_SUCCESS"
+ENV_LAST_SUCCESS_ISO = "JOBS_LAST_SUCCESS_ISO"
+ENV_HEARTBEAT_SECONDS = "JOBS_HEARTBEAT_SECONDS"
+ENV_RETRY_SECONDS = "JOBS_RETRY_SECONDS"
+
+DEFAULT_SCHEMA = "public"
+DEFAULT_SERVER_USER = "jobs-cli"
+ROOT_HOME = Path("/var/lib/jobs-cli")
+
+
+def default_home() -> Path:
+    """Where the embedded server and the spool live when JOBS_HOME is unset."""
+    if os.geteuid() == 0:
+        return ROOT_HOME
+    data_home = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(data_home) / "jobs-cli"
+
+
+def home() -> Path:
+    return Path(os.environ.get(ENV_HOME) or default_home()).absolute()

