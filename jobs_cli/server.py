@@ -283,14 +283,16 @@ class EmbeddedServer:
                 start_new_session=True, umask=0o077, **as_user,
             )
         except OSError as exc:
-            raise ServerError(f"cannot {what}: {command[0]}: {exc.strerror}") from None
-        if result.returncode != 0:
+            reason = f"{command[0]}: {exc.strerror}"
+        else:
+            if result.returncode == 0:
+                return
             detail = (result.stderr or result.stdout).strip().splitlines()
             reason = detail[-1] if detail else f"exit code {result.returncode}"
-            if user is not None and "Permission denied" in reason:
-                reason += (f" (the server runs as {user.pw_name!r}, which needs search permission"
-                           f" on every directory above {self.home})")
-            raise ServerError(f"cannot {what}: {reason}")
+        if user is not None and "Permission denied" in reason:
+            reason += (f" (the server runs as {user.pw_name!r}, which needs search permission"
+                       f" on every directory above {self.home})")
+        raise ServerError(f"cannot {what}: {reason}")
 
     def _bindir(self, user: pwd.struct_passwd | None) -> Path:
         if os.environ.get(config.ENV_PG_BINDIR):

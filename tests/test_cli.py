@@ -1,0 +1,169 @@
+"""The core commands as a shell script runs them: real subprocesses."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+
+def test_done_when_sentence(sh, conn):
+    result = sh('id=$(jobs-cli start a --source s --destination d) && '
+                'jobs-cli finish "$id" --records 3 && jobs-cli last-success a')
+    assert result.returncode == 0, result.stderr
+    started, records = conn.execute(
+        "SELECT floor(extract(epoch FROM start_date))::bigint, records_processed FROM jobs"
+    ).fetchone()
+    assert result.stdout.splitlines() == ["1", str(started)]
+    assert records == 3
+
+
+def test_start_prints_only_the_id(cli, conn):
+    result = cli("start", "orders", "--source", "erp", "--destination", "dwh", "--message", "hi")
+    assert (result.returncode, result.stdout, result.stderr) == (0, "1\n", "")
+    assert conn.execute("SELECT name, source, destination, message, status FROM jobs").fetchone() \
+        == ("orders", "erp", "dwh", "hi", "in_progress")
+
+
+def test_start_json(cli):
+    result = cli("start", "orders", "--json")
+    row = json.loads(result.stdout)
+    assert row["id"] == 1 and row["status"] == "in_progress" and row["end_date"] is None
+    assert row["start_date"].endswith("Z")
+
+
+def test_source_and_destination_default_from_env_else_empty(cli, conn):
+    cli("start", "a", env={"JOBS_SOURCE": "erp", "JOBS_DESTINATION": "dwh"})
+    cli("start", "b")
+    assert conn.execute("SELECT source, destination FROM jobs ORDER BY id").fetchall() == [
+        ("erp", "dwh"), ("", "")]
+
+
+@pytest.mark.parametrize("command, status", [("finish", "success"), ("fail", "error")])
+def test_finish_and_fail(cli, conn, command, status):
+    cli("start", "a")
+    result = cli(command, "1", "--records", "7", "--message", "done", "--json")
+    assert result.returncode == 0, result.stderr
+    row = json.loads(result.stdout)
+    assert (row["status"], row["records_processed"], row["message"]) == (status, 7, "done")
+    assert row["end_date"] >= row["start_date"]
+
+
+@pytest.mark.parametrize("run_id, message", [
+    ("99", "no run with id 99"), ("abc", "run id must be an integer"), ("1.5", "integer")])
+def test_ending_a_bad_id_is_refused_with_exit_1(cli, run_id, message):
+    cli("start", "a")
+    result = cli("finish", run_id)
+    assert result.returncode == 1
+    assert message in result.stderr and result.stdout == ""
+    assert "Traceback" not in result.stderr
+
+
+def test_ending_twice_is_refused_and_changes_nothing(cli, conn):
+    cli("start", "a")
+    cli("finish", "1", "--records", "5")
+    result = cli("fail", "1", "--message", "late")
+    assert result.returncode == 1 and "already ended: success" in result.stderr
+    assert conn.execute("SELECT status, records_processed, message FROM jobs").fetchone() \
+        == ("success", 5, None)
+
+
+@pytest.mark.parametrize("records", ["-1", "x", str(2**31)])
+def test_bad_records_are_usage_errors(cli, conn, records):
+    cli("start", "a")
+    result = cli("finish", "1", "--records", records)
+    assert result.returncode == 2
+    assert conn.execute("SELECT status FROM jobs").fetchone() == ("in_progress",)
+
+
+@pytest.mark.parametrize("name", ["", "  ", "a\tb", "a\nb", "\x1b[31mred"])
+def test_bad_names_exit_2(cli, conn, name):
+    for args in (["start", name], ["last-success", name]):
+        result = cli(*args)
+        assert result.returncode == 2, args
+        assert result.stderr.count("\n") == 1 and "job name" in result.stderr
+    assert conn.execute("SELECT count(*) FROM jobs").fetchone() == (0,)
+
+
+def test_last_success_exit_codes(cli, conn):
+    never = cli("last-success", "a")
+    assert (never.returncode, never.stdout, never.stderr) == (3, "", "")
+    default = cli("last-success", "a", "--default", "0")
+    assert (default.returncode, default.stdout) == (0, "0\n")
+    conn.execute("INSERT INTO jobs (name, status, start_date, end_date, source, destination)"
+                 " VALUES ('a', 'success', '2024-03-10T01:59:59.9-08:00', '2024-03-10T03:30:00-07:00', '', '')")
+    assert cli("last-success", "a", "--default", "0").stdout == "1710064799\n"
+    assert cli("last-success", "a", "--iso").stdout == "2024-03-10T09:59:59Z\n"
+
+
+@pytest.mark.parametrize("tz", ["UTC", "America/New_York", "Asia/Kathmandu", "Etc/GMT-14"])
+def test_last_success_same_whatever_the_client_tz(cli, conn, tz):
+    conn.execute("INSERT INTO jobs (name, status, start_date, end_date, source, destination)"
+                 " VALUES ('a', 'success', '2024-11-03T05:30:00Z', '2024-11-03T06:30:00Z', '', '')")
+    env = {"TZ": tz, "PGTZ": tz}
+    assert cli("last-success", "a", env=env).stdout == "1730611800\n"
+    assert cli("last-success", "a", "--iso", env=env).stdout == "2024-11-03T05:30:00Z\n"
+
+
+def test_unreachable_database_one_line_without_password(cli):
+    url = "postgresql://etl:s3cret@127.0.0.1:1/warehouse?connect_timeout=2"
+    result = cli("last-success", "a", env={"JOBS_DATABASE_URL": url})
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1
+    assert 'database "warehouse" on host "127.0.0.1"' in result.stderr
+    assert "s3cret" not in result.stderr and "Traceback" not in result.stderr
+
+
+def test_missing_table_says_run_init(cli, conn):
+    conn.execute("DROP TABLE jobs CASCADE")
+    result = cli("start", "a")
+    assert result.returncode == 1
+    assert "run `jobs-cli init`" in result.stderr
+    assert cli("init").returncode == 0
+    assert cli("start", "a").stdout == "1\n"
+
+
+def test_database_url_option_beats_env(cli, db_url):
+    result = cli("--database-url", db_url, "start", "a",
+                 env={"JOBS_DATABASE_URL": "postgresql://nobody@127.0.0.1:1/x"})
+    assert result.returncode == 0, result.stderr
+
+
+def test_pg_environment_is_not_read(cli, cli_env):
+    """PG* point at the source database in ETL jobs: never picked up implicitly."""
+    env = {"PGDATABASE": "source_db", "PGHOST": "127.0.0.1", "PGPORT": "1"}
+    assert cli("start", "a", env=env).returncode == 0
+
+
+def test_usage_error_exit_2(cli):
+    assert cli("finish").returncode == 2
+    assert cli("no-such-command").returncode == 2
+
+
+@pytest.mark.parametrize("command", ["init", "start", "finish", "fail", "last-success",
+                                     "server status", "server start", "server stop"])
+def test_every_command_help_has_an_example(cli, command):
+    result = cli(*command.split(), "--help")
+    assert result.returncode == 0 and "Example:" in result.stdout
+    assert "jobs-cli" in result.stdout.split("Example:")[1]
+
+
+def test_help_does_not_import_psycopg_or_rich(cli_env):
+    code = ("import sys; from jobs_cli.cli import cli\n"
+            "try:\n    cli(['--help'])\nexcept SystemExit:\n    pass\n"
+            "print(sorted(m for m in ('psycopg', 'rich') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], env=cli_env, capture_output=True,
+                            text=True)
+    assert result.stdout.strip().endswith("[]")
+
+
+def test_python_m_and_jobs_alias(cli_env):
+    module = subprocess.run([sys.executable, "-m", "jobs_cli", "start", "a"], env=cli_env,
+                            capture_output=True, text=True)
+    assert module.stdout == "1\n"
+    alias = os.path.join(os.path.dirname(sys.executable), "jobs")
+    assert subprocess.run([alias, "start", "b"], env=cli_env, capture_output=True,
+                          text=True).stdout == "2\n"

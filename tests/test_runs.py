@@ -1,0 +1,154 @@
+"""The core run operations against a real database."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from jobs_cli import runs
+from jobs_cli.errors import InvalidInput, NoSuccess, NotFound, Refused
+
+SCHEMA = "public"
+
+
+def test_start_records_an_in_progress_run_at_server_time(conn):
+    run = runs.start_run(conn, SCHEMA, "orders", source="erp", destination="dwh")
+    server_now = conn.execute("SELECT now()").fetchone()[0]
+    assert run.status == "in_progress"
+    assert (run.name, run.source, run.destination) == ("orders", "erp", "dwh")
+    assert run.end_date is None
+    assert abs(run.start_date - server_now) < timedelta(seconds=5)
+
+
+def test_finish_sets_success_end_date_and_records(conn):
+    run = runs.start_run(conn, SCHEMA, "orders")
+    done = runs.end_run(conn, SCHEMA, run.id, "success", records=42, message="ok")
+    assert (done.status, done.records_processed, done.message) == ("success", 42, "ok")
+    assert done.end_date >= done.start_date
+
+
+def test_fail_keeps_records_when_none_given(conn):
+    run = runs.start_run(conn, SCHEMA, "orders")
+    failed = runs.end_run(conn, SCHEMA, run.id, "error", message="boom")
+    assert (failed.status, failed.records_processed, failed.message) == ("error", 0, "boom")
+
+
+@pytest.mark.parametrize("status", ["success", "error"])
+def test_an_ended_run_cannot_end_again(conn, status):
+    run = runs.start_run(conn, SCHEMA, "orders")
+    runs.end_run(conn, SCHEMA, run.id, status, records=1)
+    with pytest.raises(Refused, match="already ended"):
+        runs.end_run(conn, SCHEMA, run.id, "success", records=9)
+    assert runs.get_run(conn, SCHEMA, run.id).records_processed == 1
+
+
+@pytest.mark.parametrize("bad_id, error", [("12x", Refused), ("", Refused), (999, NotFound),
+                                            (0, NotFound), (-3, NotFound), (2**40, NotFound)])
+def test_bad_run_ids_are_refused(conn, bad_id, error):
+    with pytest.raises(error):
+        runs.end_run(conn, SCHEMA, bad_id, "success")
+
+
+def test_negative_records_refused_and_nothing_changed(conn):
+    run = runs.start_run(conn, SCHEMA, "orders")
+    with pytest.raises(InvalidInput):
+        runs.end_run(conn, SCHEMA, run.id, "success", records=-1)
+    assert runs.get_run(conn, SCHEMA, run.id).status == "in_progress"
+
+
+def test_end_status_must_be_success_or_error(conn):
+    run = runs.start_run(conn, SCHEMA, "orders")
+    with pytest.raises(InvalidInput):
+        runs.end_run(conn, SCHEMA, run.id, "in_progress")
+
+
+@pytest.mark.parametrize("name", ["", "   ", "\t", "a\nb", "tab\there", "nul\x00", "bell\x07"])
+def test_invalid_names_rejected(conn, name):
+    with pytest.raises(InvalidInput):
+        runs.start_run(conn, SCHEMA, name)
+
+
+@pytest.mark.parametrize("name", [" padded ", "ünïcode ✓", "with space", "a'b\"c", "x" * 500])
+def test_other_names_stored_exactly(conn, name):
+    run = runs.start_run(conn, SCHEMA, name)
+    assert runs.get_run(conn, SCHEMA, run.id).name == name
+
+
+def insert(conn, name, status, start, end, **extra):
+    """A run with explicit times, as history from earlier days would be."""
+    return conn.execute(
+        "INSERT INTO jobs (name, status, start_date, end_date, source, destination) "
+        "VALUES (%s, %s, %s::timestamptz, %s::timestamptz, '', '') RETURNING id",
+        (name, status, start, end)).fetchone()[0]
+
+
+def test_last_success_is_start_of_run_that_ended_last(conn):
+    # Started earlier but ended later: the original's "most recent" is by end_date.
+    insert(conn, "j", "success", "2024-01-01T10:00:00Z", "2024-01-01T12:00:00Z")
+    insert(conn, "j", "success", "2024-01-01T11:00:00Z", "2024-01-01T11:30:00Z")
+    insert(conn, "j", "error", "2024-01-02T00:00:00Z", "2024-01-02T01:00:00Z")
+    insert(conn, "other", "success", "2025-01-01T00:00:00Z", "2025-01-01T00:00:01Z")
+    assert runs.last_success(conn, SCHEMA, "j") == 1704103200  # 2024-01-01T10:00:00Z
+
+
+def test_last_success_floors_fractional_seconds(conn):
+    insert(conn, "j", "success", "2024-01-01T10:00:00.999Z", "2024-01-01T12:00:00Z")
+    assert runs.last_success(conn, SCHEMA, "j") == 1704103200
+
+
+def test_last_success_before_1970_floors_toward_minus_infinity(conn):
+    insert(conn, "j", "success", "1969-12-31T23:59:59.5Z", "1970-01-01T00:00:00Z")
+    assert runs.last_success(conn, SCHEMA, "j") == -1
+
+
+def test_never_succeeded(conn):
+    insert(conn, "j", "error", "2024-01-01T10:00:00Z", "2024-01-01T12:00:00Z")
+    runs.start_run(conn, SCHEMA, "j")
+    with pytest.raises(NoSuccess):
+        runs.last_success(conn, SCHEMA, "j")
+    assert runs.last_start(conn, SCHEMA, "j", "error") == 1704103200
+
+
+def test_answers_do_not_depend_on_session_time_zone(conn):
+    insert(conn, "j", "success", "2024-07-01T00:30:00+02:00", "2024-07-01T01:00:00+02:00")
+    answers = set()
+    for zone in ("UTC", "America/Los_Angeles", "Asia/Kolkata", "Pacific/Chatham"):
+        conn.execute(f"SET TIME ZONE '{zone}'")
+        run = runs.get_run(conn, SCHEMA, 1)
+        answers.add((runs.last_success(conn, SCHEMA, "j"), run.as_dict()["start_date"]))
+    assert answers == {(1719786600, "2024-06-30T22:30:00Z")}
+
+
+def test_other_schema(conn):
+    from jobs_cli.schema import apply_schema
+
+    apply_schema(conn, "api")
+    run = runs.start_run(conn, "api", "j")
+    runs.end_run(conn, "api", run.id, "success")
+    assert conn.execute("SELECT count(*) FROM api.jobs").fetchone()[0] == 1
+    assert runs.last_start(conn, SCHEMA, "j") is None
+    assert runs.last_start(conn, "api", "j") is not None
+
+
+def test_run_as_dict_is_json_ready(conn):
+    import json
+
+    run = runs.start_run(conn, SCHEMA, "j", source="s", destination="d")
+    data = json.loads(json.dumps(run.as_dict()))
+    assert data["id"] == run.id and data["status"] == "in_progress"
+    assert data["start_date"].endswith("Z") and data["end_date"] is None
+    assert set(runs.RUN_COLUMNS) <= set(data)
+
+
+def test_last_success_uses_the_partial_index(conn):
+    conn.execute("""
+        INSERT INTO jobs (name, status, start_date, end_date, source, destination)
+        SELECT 'job' || (i % 200), CASE WHEN i % 3 = 0 THEN 'error' ELSE 'success' END,
+               now() - i * interval '1 minute', now() - i * interval '1 minute' + interval '10 s', '', ''
+        FROM generate_series(1, 20000) i""")
+    conn.execute("ANALYZE jobs")
+    plan = "\n".join(row[0] for row in conn.execute(
+        "EXPLAIN " + runs.statement(runs.LAST_START_BY_STATUS, SCHEMA).as_string(conn),
+        {"name": "job7", "status": "success"}))
+    assert "jobs_success_by_name" in plan

@@ -1,0 +1,435 @@
+"""supervise() against real processes.
+
+Tests that need the wrapper's own stdout, stderr or signals run supervise() in a
+harness: a Python subprocess whose pipes and pid the test controls.
+"""
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from jobs_cli import supervise as supervise_module
+from jobs_cli.supervise import supervise
+
+REPO = Path(__file__).resolve().parents[1]
+PY = sys.executable
+
+# Runs supervise(json argv, **json kwargs) and exits with the outcome's exit code,
+# after printing the outcome as JSON on the line after whatever the child printed.
+HARNESS = """
+import json, sys
+from jobs_cli.supervise import supervise
+outcome = supervise(json.loads(sys.argv[1]), **json.loads(sys.argv[2]))
+print(json.dumps({"exit_code": outcome.exit_code, "description": outcome.description,
+                  "signal": outcome.signal, "tail": outcome.tail.decode("latin-1")}),
+      file=sys.stderr if sys.argv[3] == "stderr" else sys.stdout, flush=True)
+sys.exit(outcome.exit_code)
+"""
+
+# Makes fd `sys.argv[4]` a pipe nobody reads, then runs HARNESS.
+BROKEN_FD_HARNESS = """
+import os, sys
+read_end, write_end = os.pipe()
+os.dup2(write_end, int(sys.argv[4]))
+os.close(read_end)
+os.close(write_end)
+""" + HARNESS
+
+
+def harness_command(argv, report_to="stdout", code=HARNESS, extra=(), **kwargs):
+    return [PY, "-c", code, json.dumps(argv), json.dumps(kwargs), report_to, *extra]
+
+
+def harness_env():
+    return {**os.environ, "PYTHONPATH": str(REPO)}
+
+
+def run_harness(argv, report_to="stdout", code=HARNESS, extra=(), stdin=None, **kwargs):
+    return subprocess.run(harness_command(argv, report_to, code, extra, **kwargs),
+                          env=harness_env(), input=stdin, capture_output=True, timeout=30)
+
+
+def last_json_line(output: bytes) -> dict:
+    return json.loads(output.splitlines()[-1])
+
+
+def py(code: str, *args: str) -> list[str]:
+    return [PY, "-c", code, *args]
+
+
+def living_group_members(pgid: int) -> list[int]:
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        state, _ppid, pgrp = text[text.rindex(")") + 2:].split()[:3]
+        if int(pgrp) == pgid and state != "Z":
+            members.append(int(stat.parent.name))
+    return members
+
+
+def wait_until(condition, timeout=3.0):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.01)
+
+
+# Exit codes and descriptions
+
+def test_success():
+    outcome = supervise(["true"])
+    assert (outcome.exit_code, outcome.description, outcome.signal, outcome.timed_out) == (
+        0, "exit code 0", None, False)
+    assert outcome.succeeded
+
+
+def test_exit_code_passes_through():
+    outcome = supervise(["sh", "-c", "exit 3"])
+    assert (outcome.exit_code, outcome.description) == (3, "exit code 3")
+    assert not outcome.succeeded
+
+
+def test_killed_by_signal():
+    outcome = supervise(["sh", "-c", "kill -KILL $$"])
+    assert (outcome.exit_code, outcome.description, outcome.signal) == (137, "killed by SIGKILL", 9)
+
+
+def test_command_not_found():
+    outcome = supervise(["jobs-cli-no-such-command"])
+    assert (outcome.exit_code, outcome.description) == (127, "command not found: jobs-cli-no-such-command")
+    assert outcome.tail == b""
+
+
+def test_command_is_looked_up_in_the_childs_path():
+    outcome = supervise(["sh", "-c", "true"], env={"PATH": "/nonexistent"})
+    assert (outcome.exit_code, outcome.description) == (127, "command not found: sh")
+
+
+def test_not_executable(tmp_path):
+    script = tmp_path / "x"
+    script.write_text("#!/bin/sh\necho hi\n")
+    script.chmod(0o644)
+    outcome = supervise([str(script)])
+    assert (outcome.exit_code, outcome.description) == (126, f"not executable: {script}")
+
+
+def test_directory_is_not_executable(tmp_path):
+    assert supervise([str(tmp_path)]).description == f"not executable: {tmp_path}"
+
+
+def test_missing_interpreter(tmp_path):
+    script = tmp_path / "crlf.sh"
+    script.write_bytes(b"#!/bin/sh\r\necho hi\r\n")
+    script.chmod(0o755)
+    outcome = supervise([str(script)])
+    assert (outcome.exit_code, outcome.description) == (
+        126, f"cannot execute {script}: interpreter not found")
+
+
+def test_exec_format_error(tmp_path):
+    binary = tmp_path / "garbage"
+    binary.write_bytes(b"\x00\x01\x02 not a program")
+    binary.chmod(0o755)
+    outcome = supervise([str(binary)])
+    assert (outcome.exit_code, outcome.description) == (
+        126, f"cannot execute {binary}: Exec format error")
+
+
+def test_empty_command_is_refused():
+    with pytest.raises(ValueError):
+        supervise([])
+
+
+def test_refuses_to_run_outside_the_main_thread():
+    errors = []
+
+    def attempt():
+        try:
+            supervise(["true"])
+        except RuntimeError as error:
+            errors.append(error)
+
+    thread = threading.Thread(target=attempt)
+    thread.start()
+    thread.join()
+    assert len(errors) == 1
+
+
+# Output
+
+def test_stderr_passes_through_and_its_tail_is_kept(capfdbinary):
+    data = b"head\n" + bytes(range(256)) * 100 + b"\x00tail\xff"
+    outcome = supervise(py("import sys; sys.stderr.buffer.write(bytes.fromhex(sys.argv[1]))", data.hex()),
+                        tail_bytes=64)
+    assert outcome.tail == data[-64:]
+    assert capfdbinary.readouterr().err == data
+
+
+def test_stdout_is_inherited_and_not_in_the_tail(capfdbinary):
+    outcome = supervise(["sh", "-c", "echo out; echo err >&2"])
+    assert outcome.tail == b"err\n"
+    assert capfdbinary.readouterr() == (b"out\n", b"err\n")
+
+
+def test_captured_stdout_passes_through_and_joins_the_tail(capfdbinary):
+    outcome = supervise(["sh", "-c", "echo out; echo err >&2"], capture_stdout=True)
+    assert sorted(outcome.tail.splitlines()) == [b"err", b"out"]
+    assert capfdbinary.readouterr() == (b"out\n", b"err\n")
+
+
+def test_inherited_stdout_is_byte_exact():
+    child = py("import hashlib, os, sys\n"
+               "data = os.urandom(50 << 20)\n"
+               "sys.stdout.buffer.write(data)\n"
+               "sys.stdout.flush()\n"
+               "print(hashlib.sha256(data).hexdigest(), file=sys.stderr)\n")
+    result = run_harness(child, report_to="stderr")
+    assert result.returncode == 0
+    assert len(result.stdout) == 50 << 20
+    assert hashlib.sha256(result.stdout).hexdigest() == result.stderr.splitlines()[0].decode()
+
+
+def test_stdin_is_inherited():
+    result = run_harness(["cat"], report_to="stderr", stdin=b"rows\n")
+    assert result.stdout == b"rows\n"
+
+
+def test_memory_stays_bounded_with_200_mb_of_stderr():
+    child = py("import sys\n"
+               "chunk = bytes(range(256)) * 256\n"
+               "for _ in range(3200): sys.stderr.buffer.write(chunk)\n"
+               "sys.stderr.buffer.write(b'THE END')\n")
+    # The peak RSS of the harness's own memory: VmHWM starts afresh at exec, whereas
+    # getrusage's ru_maxrss carries over the peak of the process that forked it (pytest).
+    code = ("import re, sys\n"
+            "from jobs_cli.supervise import supervise\n"
+            "def peak_kib():\n"
+            "    with open('/proc/self/status') as status:\n"
+            "        return re.search(r'VmHWM:\\s+(\\d+) kB', status.read())[1]\n"
+            "before = peak_kib()\n"
+            "outcome = supervise(sys.argv[1:])\n"
+            "print(before, peak_kib(), len(outcome.tail), outcome.tail.endswith(b'THE END'))\n")
+    result = subprocess.run([PY, "-c", code, *child], env=harness_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, timeout=30)
+    before_kib, after_kib, tail_length, tail_complete = result.stdout.split()
+    assert int(after_kib) < 60 * 1024
+    assert int(after_kib) - int(before_kib) < 16 * 1024
+    assert (int(tail_length), tail_complete) == (10240, b"True")
+
+
+def test_closed_stderr_of_the_wrapper_does_not_stop_the_run():
+    child = ["sh", "-c", "head -c 1000000 /dev/zero >&2; echo last >&2; exit 5"]
+    result = run_harness(child, code=BROKEN_FD_HARNESS, extra=["2"])
+    assert result.returncode == 5
+    assert last_json_line(result.stdout)["tail"].endswith("\0last\n")
+
+
+def test_broken_stdout_reaches_a_child_whose_stdout_is_captured():
+    result = run_harness(["yes"], report_to="stderr", code=BROKEN_FD_HARNESS, extra=["1"],
+                         capture_stdout=True, timeout=10)
+    assert last_json_line(result.stderr)["description"] == "killed by SIGPIPE"
+    assert result.returncode == 128 + signal.SIGPIPE
+
+
+# Timeouts
+
+def test_timeout_kills_the_whole_tree():
+    pids = []
+    started = time.monotonic()
+    outcome = supervise(["sh", "-c", "sleep 100 | cat"], timeout=0.3, on_start=pids.append)
+    assert time.monotonic() - started < 2
+    assert (outcome.exit_code, outcome.description, outcome.timed_out) == (
+        124, "timed out after 0.3s", True)
+    wait_until(lambda: not living_group_members(pids[0]))
+
+
+def test_child_ignoring_sigterm_is_killed_after_kill_after():
+    started = time.monotonic()
+    outcome = supervise(["sh", "-c", "trap '' TERM; sleep 10"], timeout=0.2, kill_after=0.3)
+    assert 0.45 < time.monotonic() - started < 3
+    assert (outcome.exit_code, outcome.signal, outcome.timed_out) == (124, signal.SIGKILL, True)
+
+
+def test_process_group_without_the_process_group_argument_of_python_3_11(monkeypatch):
+    monkeypatch.setattr(supervise_module, "_OWN_PROCESS_GROUP", {"preexec_fn": os.setpgrp})
+    test_on_start_gets_the_pid_of_a_group_leader()
+    test_timeout_kills_the_whole_tree()
+
+
+def test_timeout_applies_after_the_child_closed_its_stderr():
+    outcome = supervise(["sh", "-c", "exec 2>&-; sleep 10"], timeout=0.2)
+    assert outcome.exit_code == 124
+
+
+def test_child_that_closed_stderr_is_still_waited_for():
+    started = time.monotonic()
+    outcome = supervise(["sh", "-c", "exec 2>&-; sleep 0.3; exit 5"])
+    assert time.monotonic() - started >= 0.3
+    assert outcome.exit_code == 5
+
+
+def test_background_grandchild_holding_stderr_does_not_keep_the_run_open():
+    pids = []
+    started = time.monotonic()
+    try:
+        outcome = supervise(["sh", "-c", "sleep 5 & echo done >&2"], on_start=pids.append)
+        assert time.monotonic() - started < 2
+        assert (outcome.exit_code, outcome.tail) == (0, b"done\n")
+    finally:
+        os.killpg(pids[0], signal.SIGKILL)
+
+
+# Signals
+
+SIGNAL_RECORDER = """
+import signal, sys, time
+marker, exit_after = sys.argv[1], int(sys.argv[2])
+received = []
+def record(signum, frame):
+    received.append(signum)
+    with open(marker, "a") as f:
+        f.write(f"{signum}\\n")
+for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+    signal.signal(signum, record)
+print("ready", flush=True)
+deadline = time.monotonic() + 10
+while len(received) < exit_after and time.monotonic() < deadline:
+    time.sleep(0.01)
+time.sleep(0.2)  # time for a duplicate signal to show up
+sys.exit(7)
+"""
+
+
+def start_recorder_harness(marker, exit_after=1):
+    harness = subprocess.Popen(
+        harness_command(py(SIGNAL_RECORDER, str(marker), str(exit_after))), env=harness_env(),
+        stdout=subprocess.PIPE, start_new_session=True)
+    assert harness.stdout.readline() == b"ready\n"
+    return harness
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
+def test_signal_is_forwarded_and_named_in_the_outcome(tmp_path, signum):
+    marker = tmp_path / "received"
+    harness = start_recorder_harness(marker)
+    harness.send_signal(signum)
+    stdout, _ = harness.communicate(timeout=10)
+    assert harness.returncode == 128 + signum
+    assert last_json_line(stdout)["description"] == f"interrupted by {signal.Signals(signum).name}"
+    assert last_json_line(stdout)["signal"] == signum
+    assert marker.read_text() == f"{signum}\n"
+
+
+def test_ctrl_c_reaches_the_child_once(tmp_path):
+    marker = tmp_path / "received"
+    harness = start_recorder_harness(marker)
+    os.killpg(harness.pid, signal.SIGINT)  # what a terminal does: the whole foreground group
+    harness.communicate(timeout=10)
+    assert harness.returncode == 130
+    assert marker.read_text() == f"{signal.SIGINT}\n"
+
+
+def test_second_signal_is_forwarded_again(tmp_path):
+    marker = tmp_path / "received"
+    harness = start_recorder_harness(marker, exit_after=2)
+    harness.send_signal(signal.SIGTERM)
+    wait_until(lambda: marker.exists() and marker.read_text())
+    harness.send_signal(signal.SIGTERM)
+    harness.communicate(timeout=10)
+    assert harness.returncode == 143
+    assert marker.read_text() == f"{signal.SIGTERM}\n" * 2
+
+
+def test_signal_handlers_are_restored():
+    watched = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD)
+    before = [signal.getsignal(signum) for signum in watched]
+    supervise(["true"])
+    assert [signal.getsignal(signum) for signum in watched] == before
+    assert signal.set_wakeup_fd(-1) == -1
+
+
+def test_ignored_signal_stays_ignored_for_the_child():
+    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        outcome = supervise(py("import signal; print(signal.getsignal(signal.SIGHUP) == signal.SIG_IGN)"),
+                            capture_stdout=True)
+        assert signal.getsignal(signal.SIGHUP) == signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGHUP, previous)
+    assert outcome.tail == b"True\n"
+
+
+# Callbacks
+
+def test_on_start_gets_the_pid_of_a_group_leader():
+    seen = []
+    supervise(["sleep", "0.1"], on_start=lambda pid: seen.append((pid, os.getpgid(pid))))
+    [(pid, pgid)] = seen
+    assert pid == pgid != os.getpgid(0)
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)  # reaped
+
+
+def test_failing_on_start_kills_the_child():
+    pids = []
+
+    def record_then_fail(pid):
+        pids.append(pid)
+        raise RuntimeError("cannot record the start")
+
+    started = time.monotonic()
+    with pytest.raises(RuntimeError):
+        supervise(["sleep", "10"], on_start=record_then_fail)
+    assert time.monotonic() - started < 2
+    with pytest.raises(ProcessLookupError):
+        os.kill(pids[0], 0)
+
+
+def test_heartbeat_is_called_every_interval_while_the_child_runs():
+    beats = []
+    supervise(["sleep", "0.55"], heartbeat=lambda: beats.append(time.monotonic()),
+              heartbeat_interval=0.1)
+    count = len(beats)
+    assert 3 <= count <= 6
+    time.sleep(0.25)
+    assert len(beats) == count
+
+
+def test_failing_heartbeat_reports_once_per_streak(capfdbinary):
+    calls = []
+
+    def beat():
+        calls.append(None)
+        if len(calls) != 3:
+            raise RuntimeError("database unreachable\nsecond line")
+
+    outcome = supervise(["sleep", "0.5"], heartbeat=beat, heartbeat_interval=0.05)
+    assert outcome.exit_code == 0
+    assert len(calls) >= 5
+    assert capfdbinary.readouterr().err == (
+        b"jobs-cli: heartbeat failed: RuntimeError: database unreachable\n" * 2)
+
+
+def test_heartbeat_interval_must_be_positive():
+    with pytest.raises(ValueError):
+        supervise(["true"], heartbeat=lambda: None, heartbeat_interval=0)
+
+
+def test_no_file_descriptors_are_left_open(tmp_path):
+    before = sorted(os.listdir("/proc/self/fd"))
+    supervise(["sh", "-c", "echo out; echo err >&2"], capture_stdout=True)
+    supervise(["sh", "-c", "sleep 10"], timeout=0.1)
+    supervise(["jobs-cli-no-such-command"])
+    supervise([str(tmp_path)])
+    assert sorted(os.listdir("/proc/self/fd")) == before
