@@ -22,9 +22,9 @@ Output
     wrapper's stdout breaks, the wrapper closes the child's stdout pipe so the child
     sees the broken pipe it would have seen without the wrapper.
 
-    A reader of the wrapper's stderr that stops reading stops the copy, and the loop
-    with it (signals and the timeout wait), as a child writing there directly would
-    block too.
+    A reader of the wrapper's stderr that stops reading blocks the copy and the loop
+    with it: signals and the timeout wait until it reads again, as a child writing
+    there directly would wait too.
 
 Process group
     The child runs in a process group of its own, and signals go to the whole group.
@@ -61,16 +61,18 @@ Main loop
 Heartbeat
     `heartbeat` runs in a thread of its own. In the main loop, a slow database call
     would stop the stderr copy (the child then blocks on a full pipe) and delay
-    forwarded signals and the timeout. The thread only calls `heartbeat`; the wrapper
-    waits for a call in progress before returning, so the caller may reuse its
-    connection afterwards, which means `heartbeat` should bound its own time (e.g.
-    connect_timeout, statement_timeout). A failing heartbeat never stops the run: it
-    prints one line on stderr per streak of failures.
+    forwarded signals and the timeout. The thread only calls `heartbeat`, after
+    `on_start` has returned, and the wrapper waits for a call in progress before
+    returning: the callbacks and the caller never use a connection at the same time.
+    So `heartbeat` should bound its own time (connect_timeout, statement_timeout). A
+    failing heartbeat never stops the run: it prints one line on stderr per streak of
+    failures.
 
 Starting
     subprocess.Popen reports a failed exec in the child as an OSError in the parent,
     synchronously, so the outcome follows shell conventions: 127 for a command not
-    found, 126 for one that cannot be executed.
+    found, 126 for one that cannot be executed (a script whose #! interpreter is
+    missing included, although exec calls that "not found" too).
 
 If the wrapper itself is SIGKILLed, the child runs on unsupervised; the run's
 heartbeat going stale is how that shows. supervise() handles signals, so it must be
@@ -107,6 +109,8 @@ _READ_SIZE = 64 * 1024
 # background grandchild that keeps writing can use it all.
 _DRAIN_LIMIT = 1.0
 
+# Popen learnt process_group in 3.11; preexec_fn does the same on 3.10, at the cost of
+# a plain fork instead of vfork.
 if sys.version_info >= (3, 11):
     _OWN_PROCESS_GROUP: dict = {"process_group": 0}
 else:
@@ -144,8 +148,7 @@ def supervise(
 
     `on_start(pid)` is called once the child runs; `heartbeat()` every
     `heartbeat_interval` seconds while it runs. An exception from `on_start` or from
-    the wrapper itself kills the child's group before propagating: nobody would
-    record or stop the command after that.
+    the wrapper itself kills the child's group before propagating.
     """
     if not argv:
         raise ValueError("no command given")
@@ -172,6 +175,7 @@ def supervise(
                 with beating:
                     return run.wait()
             except BaseException:
+                # Nobody would record or stop the command after this: end it now.
                 _signal_group(child.pid, signal.SIGKILL)
                 raise
 

@@ -85,6 +85,13 @@ def wait_until(condition, timeout=3.0):
         time.sleep(0.01)
 
 
+@pytest.fixture(params=["process_group", "preexec_fn"])
+def either_way_to_a_new_group(request, monkeypatch):
+    """Popen's process_group argument (Python 3.11+), and the Python 3.10 fallback."""
+    if request.param == "preexec_fn":
+        monkeypatch.setattr(supervise_module, "_OWN_PROCESS_GROUP", {"preexec_fn": os.setpgrp})
+
+
 # Exit codes and descriptions
 
 def test_success():
@@ -244,7 +251,7 @@ def test_broken_stdout_reaches_a_child_whose_stdout_is_captured():
 
 # Timeouts
 
-def test_timeout_kills_the_whole_tree():
+def test_timeout_kills_the_whole_tree(either_way_to_a_new_group):
     pids = []
     started = time.monotonic()
     outcome = supervise(["sh", "-c", "sleep 100 | cat"], timeout=0.3, on_start=pids.append)
@@ -259,12 +266,6 @@ def test_child_ignoring_sigterm_is_killed_after_kill_after():
     outcome = supervise(["sh", "-c", "trap '' TERM; sleep 10"], timeout=0.2, kill_after=0.3)
     assert 0.45 < time.monotonic() - started < 3
     assert (outcome.exit_code, outcome.signal, outcome.timed_out) == (124, signal.SIGKILL, True)
-
-
-def test_process_group_without_the_process_group_argument_of_python_3_11(monkeypatch):
-    monkeypatch.setattr(supervise_module, "_OWN_PROCESS_GROUP", {"preexec_fn": os.setpgrp})
-    test_on_start_gets_the_pid_of_a_group_leader()
-    test_timeout_kills_the_whole_tree()
 
 
 def test_timeout_applies_after_the_child_closed_its_stderr():
@@ -372,7 +373,7 @@ def test_ignored_signal_stays_ignored_for_the_child():
 
 # Callbacks
 
-def test_on_start_gets_the_pid_of_a_group_leader():
+def test_on_start_gets_the_pid_of_a_group_leader(either_way_to_a_new_group):
     seen = []
     supervise(["sleep", "0.1"], on_start=lambda pid: seen.append((pid, os.getpgid(pid))))
     [(pid, pgid)] = seen

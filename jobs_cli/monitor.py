@@ -1,0 +1,513 @@
+"""Queries behind the views: list, show, status, check, metrics and watch.
+
+Like `runs`, every function takes an open connection and the schema name and
+returns dataclasses; rendering lives in `render`.
+
+Liveness
+    A run's `state` is its status once it has ended. An in_progress run is
+    `live` while its lease (moved forward by the `jobs-cli run` wrapper's
+    heartbeats) is in the future, `dead` once the lease has run out, and
+    `running` when it has no lease at all: started by `jobs-cli start`, which
+    has no wrapper, so nobody can tell whether it is still alive. States and
+    ages are computed by the server's clock, never the client's.
+
+Scale
+    Per-name questions ("the newest run of every job") are answered without
+    reading the whole table: the job names are enumerated with a recursive
+    CTE that jumps from one name to the next in the (name, ...) indexes (a
+    loose index scan, one index descent per name), and each name then reads
+    only its newest rows through a LATERAL subquery with a LIMIT. DISTINCT ON
+    over the table would read every row. bench/bench_views.py measures both.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import TYPE_CHECKING, Any, Iterator, TypeVar
+
+from . import runs
+from .durations import format_duration, parse_duration
+from .errors import InvalidInput, NotFound
+
+if TYPE_CHECKING:
+    import psycopg
+
+Row = TypeVar("Row")
+
+# States: an ended run's status, or the liveness of an in_progress one.
+LIVE = "live"
+DEAD = "dead"
+RUNNING = "running"
+STATES = (runs.SUCCESS, runs.ERROR, LIVE, DEAD, RUNNING)
+# What `list --status` accepts: a state, or in_progress for all three kinds.
+STATUS_FILTERS = (*STATES, runs.IN_PROGRESS)
+
+DEFAULT_LIMIT = 20
+# How many of a job's newest runs the success rate, median and outcome strip cover.
+RECENT_RUNS = 20
+# A job is overdue when its last start is this many usual intervals ago.
+OVERDUE_INTERVALS = 2
+
+# Monitoring-plugin states, also the exit codes of `check`.
+OK, WARNING, CRITICAL, UNKNOWN = 0, 1, 2, 3
+SEVERITY_NAMES = ("OK", "WARNING", "CRITICAL", "UNKNOWN")
+
+# The channel the schema's trigger notifies; the payload is the table's schema.
+NOTIFY_CHANNEL = "jobs_cli"
+
+# -- SQL ----------------------------------------------------------------------
+# Templates go through `runs.statement` ({table}, {columns}); the fragments
+# spliced into them below are constants, never input.
+
+# IS DISTINCT FROM: adopted rows may have a NULL status, which is not in_progress.
+# A dead run's duration stops where its lease ran out rather than growing forever.
+RUN_VIEW_COLUMNS = """
+    CASE WHEN status IS DISTINCT FROM 'in_progress' THEN status
+         WHEN lease_until IS NULL THEN 'running'
+         WHEN lease_until > now() THEN 'live'
+         ELSE 'dead' END AS state,
+    extract(epoch FROM coalesce(end_date, least(now(), lease_until)) - start_date)::float8
+        AS duration_seconds,
+    extract(epoch FROM now() - start_date)::float8 AS age_seconds"""
+
+# Every job name, one index descent each; ends with a NULL row callers filter out.
+ALL_NAMES = """
+names(name) AS (
+    (SELECT name FROM {table} ORDER BY name LIMIT 1)
+    UNION ALL
+    SELECT (SELECT j.name FROM {table} j WHERE j.name > names.name ORDER BY j.name LIMIT 1)
+    FROM names
+    WHERE names.name IS NOT NULL
+)"""
+
+GIVEN_NAMES = """
+names(name, position) AS (
+    SELECT * FROM unnest(%(names)s::text[]) WITH ORDINALITY
+)"""
+
+STATE_CONDITIONS = {
+    runs.SUCCESS: "status = 'success'",
+    runs.ERROR: "status = 'error'",
+    runs.IN_PROGRESS: "status = 'in_progress'",
+    LIVE: "status = 'in_progress' AND lease_until > now()",
+    DEAD: "status = 'in_progress' AND lease_until <= now()",
+    RUNNING: "status = 'in_progress' AND lease_until IS NULL",
+}
+NAME_CONDITION = "name = %(name)s"
+SINCE_MOMENT_CONDITION = "start_date >= %(since)s"
+SINCE_AGO_CONDITION = "start_date >= now() - %(since)s"
+
+NEWEST_RUNS = """
+SELECT {columns},""" + RUN_VIEW_COLUMNS + """
+FROM {table}
+WHERE %s
+ORDER BY start_date DESC, id DESC
+LIMIT %%(limit)s
+"""
+
+# The newest runs of each matching name, merged. LIKE cannot use a btree index
+# under most collations, so it filters the enumerated names, not the rows.
+NEWEST_RUNS_PER_NAME = "WITH RECURSIVE " + ALL_NAMES + """
+SELECT newest.*
+FROM names
+CROSS JOIN LATERAL (
+    SELECT {columns},""" + RUN_VIEW_COLUMNS + """
+    FROM {table}
+    WHERE name = names.name AND %s
+    ORDER BY start_date DESC, id DESC
+    LIMIT %%(limit)s
+) newest
+WHERE names.name IS NOT NULL AND names.name LIKE %%(pattern)s
+ORDER BY newest.start_date DESC, newest.id DESC
+LIMIT %%(limit)s
+"""
+
+SELECT_RUN_VIEW = "SELECT {columns}," + RUN_VIEW_COLUMNS + " FROM {table} WHERE id = %(id)s"
+
+# One row per name. The recent window is read newest first through the
+# (name, start_date DESC, id DESC) index; the gaps between its starts give the
+# job's usual interval. The last success is found as `last-success` finds it.
+JOB_SUMMARIES = """
+SELECT names.name,
+       newest.id AS last_run_id,
+       newest.state AS last_state,
+       newest.start_date AS last_start,
+       newest.age_seconds AS last_age_seconds,
+       newest.duration_seconds AS last_run_seconds,
+       recent.last_ended_status,
+       recent.last_ended_end,
+       extract(epoch FROM now() - recent.last_ended_end)::float8 AS last_ended_age_seconds,
+       recent.last_ended_seconds,
+       success.start_date AS last_success_start,
+       success.end_date AS last_success_end,
+       extract(epoch FROM now() - success.end_date)::float8 AS last_success_age_seconds,
+       success.records_processed AS last_success_records,
+       coalesce(unfinished.live, 0) AS live,
+       coalesce(unfinished.dead, 0) AS dead,
+       coalesce(unfinished.running, 0) AS running,
+       coalesce(recent.states, '{{}}') AS recent_states,
+       coalesce(recent.successes, 0) AS recent_successes,
+       coalesce(recent.ended, 0) AS recent_ended,
+       recent.median_success_seconds,
+       recent.usual_interval_seconds
+FROM names
+LEFT JOIN LATERAL (
+    SELECT id, start_date,""" + RUN_VIEW_COLUMNS + """
+    FROM {table}
+    WHERE name = names.name
+    ORDER BY start_date DESC, id DESC
+    LIMIT 1
+) newest ON true
+LEFT JOIN LATERAL (
+    SELECT array_agg(state ORDER BY start_date, id) AS states,
+           count(*) FILTER (WHERE status = 'success') AS successes,
+           count(*) FILTER (WHERE status IN ('success', 'error')) AS ended,
+           (array_agg(status ORDER BY start_date DESC, id DESC)
+               FILTER (WHERE status IN ('success', 'error')))[1] AS last_ended_status,
+           (array_agg(end_date ORDER BY start_date DESC, id DESC)
+               FILTER (WHERE status IN ('success', 'error')))[1] AS last_ended_end,
+           (array_agg(duration_seconds ORDER BY start_date DESC, id DESC)
+               FILTER (WHERE status IN ('success', 'error')))[1] AS last_ended_seconds,
+           percentile_cont(0.5) WITHIN GROUP (ORDER BY duration_seconds)
+               FILTER (WHERE status = 'success') AS median_success_seconds,
+           percentile_cont(0.5) WITHIN GROUP (ORDER BY gap_seconds) AS usual_interval_seconds
+    FROM (
+        SELECT *, extract(epoch FROM lag(start_date) OVER (ORDER BY start_date DESC, id DESC)
+                                     - start_date)::float8 AS gap_seconds
+        FROM (
+            SELECT id, status, start_date, end_date,""" + RUN_VIEW_COLUMNS + """
+            FROM {table}
+            WHERE name = names.name
+            ORDER BY start_date DESC, id DESC
+            LIMIT """ + str(RECENT_RUNS) + """
+        ) window_rows
+    ) gaps
+) recent ON true
+LEFT JOIN LATERAL (
+    SELECT start_date, end_date, records_processed
+    FROM {table}
+    WHERE name = names.name AND status = 'success'
+    ORDER BY end_date DESC NULLS LAST, id DESC
+    LIMIT 1
+) success ON true
+LEFT JOIN LATERAL (
+    SELECT count(*) FILTER (WHERE lease_until > now()) AS live,
+           count(*) FILTER (WHERE lease_until <= now()) AS dead,
+           count(*) FILTER (WHERE lease_until IS NULL) AS running
+    FROM {table}
+    WHERE name = names.name AND status = 'in_progress'
+) unfinished ON true
+"""
+ALL_JOB_SUMMARIES = ("WITH RECURSIVE " + ALL_NAMES + JOB_SUMMARIES
+                     + "WHERE names.name IS NOT NULL ORDER BY names.name")
+GIVEN_JOB_SUMMARIES = "WITH " + GIVEN_NAMES + JOB_SUMMARIES + "ORDER BY names.position"
+
+# Ended runs by name and status, for the metrics' counters.
+ENDED_COUNTS = """
+SELECT name, status, count(*)
+FROM {table}
+WHERE status IN ('success', 'error')
+GROUP BY name, status
+ORDER BY name, status
+"""
+
+
+# -- results ------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class RunView(runs.Run):
+    """A run with what the server says about it now."""
+
+    state: str | None = None
+    # Ended runs: how long they took; in_progress ones: how long so far.
+    duration_seconds: float | None = None
+    age_seconds: float | None = None
+
+
+RUN_VIEW_FIELDS = tuple(f for f in RunView.__dataclass_fields__)
+
+
+@dataclass(frozen=True)
+class Problem:
+    severity: int
+    text: str
+
+
+@dataclass(frozen=True)
+class JobSummary:
+    """One job name: its newest run, its last success, what runs now, recent trends."""
+
+    name: str
+    last_run_id: int | None = None
+    last_state: str | None = None
+    last_start: datetime | None = None
+    last_age_seconds: float | None = None
+    last_run_seconds: float | None = None
+    # The newest run that has ended (by start), among the recent window.
+    last_ended_status: str | None = None
+    last_ended_end: datetime | None = None
+    last_ended_age_seconds: float | None = None
+    last_ended_seconds: float | None = None
+    last_success_start: datetime | None = None
+    last_success_end: datetime | None = None
+    # Since the last success *ended*: when it last succeeded.
+    last_success_age_seconds: float | None = None
+    last_success_records: int | None = None
+    live: int = 0
+    dead: int = 0
+    running: int = 0
+    # States of the newest RECENT_RUNS runs, oldest first.
+    recent_states: list[str | None] = field(default_factory=list)
+    recent_successes: int = 0
+    recent_ended: int = 0
+    median_success_seconds: float | None = None
+    usual_interval_seconds: float | None = None
+
+    @property
+    def success_rate(self) -> float | None:
+        """Share of the recent ended runs that succeeded."""
+        return self.recent_successes / self.recent_ended if self.recent_ended else None
+
+    @property
+    def overdue(self) -> bool:
+        """Not started for much longer than it usually is (needs a few runs to tell)."""
+        return (self.usual_interval_seconds is not None and self.recent_ended >= 3
+                and self.live + self.running == 0
+                and self.last_age_seconds is not None
+                and self.last_age_seconds > OVERDUE_INTERVALS * self.usual_interval_seconds)
+
+    @property
+    def problems(self) -> list[Problem]:
+        """What a person should look at, worst first."""
+        found = []
+        if self.last_ended_status == runs.ERROR:
+            found.append(Problem(CRITICAL, f"last run failed {ago(self.last_ended_age_seconds)}"))
+        if self.dead:
+            found.append(Problem(CRITICAL, f"{self.dead} dead run{'s' if self.dead > 1 else ''}"))
+        if self.last_success_end is None and self.last_run_id is not None:
+            found.append(Problem(WARNING, "never succeeded"))
+        if self.overdue:
+            found.append(Problem(WARNING, f"last start {ago(self.last_age_seconds)}, usually "
+                                          f"every {format_duration(self.usual_interval_seconds)}"))
+        return sorted(found, key=lambda problem: -problem.severity)
+
+    @property
+    def severity(self) -> int:
+        return max((problem.severity for problem in self.problems), default=OK)
+
+    def as_dict(self) -> dict[str, Any]:
+        data = {key: jsonable(value) for key, value in asdict(self).items()}
+        data["success_rate"] = self.success_rate
+        data["problems"] = [problem.text for problem in self.problems]
+        return data
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The `check` outcome for one job."""
+
+    name: str
+    severity: int
+    text: str
+
+
+@dataclass(frozen=True)
+class EndedCount:
+    name: str
+    status: str
+    count: int
+
+
+def jsonable(value: Any) -> Any:
+    return runs.iso_utc(value) if isinstance(value, datetime) else value
+
+
+def ago(seconds: float | None) -> str:
+    return "never" if seconds is None else f"{format_duration(max(seconds, 0))} ago"
+
+
+# -- input --------------------------------------------------------------------
+
+def parse_age(text: str, option: str) -> float:
+    """Seconds in a duration option; InvalidInput with the option's name when malformed."""
+    try:
+        seconds = parse_duration(text)
+    except ValueError as exc:
+        raise InvalidInput(f"{option}: {exc}") from None
+    if seconds <= 0:
+        raise InvalidInput(f"{option}: must be more than 0, not {text!r}")
+    return seconds
+
+
+def parse_since(text: str) -> datetime | timedelta:
+    """A duration ago ("2h") as a timedelta for the server to subtract from its now(),
+    or an ISO-8601 date/time (local time when it has no offset)."""
+    try:
+        return timedelta(seconds=parse_duration(text))
+    except ValueError:
+        pass
+    try:
+        moment = datetime.fromisoformat(re.sub(r"[zZ]$", "+00:00", text.strip()))
+    except ValueError:
+        raise InvalidInput(f"--since: {text!r} is neither a duration (2h, 1d) "
+                           "nor an ISO date/time (2024-05-01, 2024-05-01T06:00Z)") from None
+    return moment if moment.tzinfo else moment.astimezone()
+
+
+def like_pattern(glob: str) -> str:
+    """Shell wildcards (* and ?) as a LIKE pattern; every other character matches itself."""
+    wildcards = {"*": "%", "?": "_"}
+    return "".join(wildcards.get(ch) or (f"\\{ch}" if ch in "%_\\" else ch) for ch in glob)
+
+
+def has_wildcards(glob: str) -> bool:
+    return "*" in glob or "?" in glob
+
+
+# -- queries ------------------------------------------------------------------
+
+def fetch_all(conn: "psycopg.Connection", row_class: type[Row], template: str, schema: str,
+              params: dict[str, Any] | None = None) -> list[Row]:
+    from psycopg.rows import class_row
+
+    with conn.cursor(row_factory=class_row(row_class)) as cur:
+        cur.execute(runs.statement(template, schema), params)
+        return cur.fetchall()
+
+
+def list_query(*, name: str | None = None, status: str | None = None,
+               since: datetime | timedelta | None = None,
+               limit: int = DEFAULT_LIMIT) -> tuple[str, dict[str, Any]]:
+    """The template and parameters of `list_runs` (the benchmark explains them)."""
+    if status is not None and status not in STATUS_FILTERS:
+        raise InvalidInput(f"status must be one of {', '.join(STATUS_FILTERS)}, not {status!r}")
+    if limit < 1:
+        raise InvalidInput(f"limit must be at least 1, not {limit}")
+    params: dict[str, Any] = {"limit": limit, "since": since}
+    conditions = []
+    if status is not None:
+        conditions.append(STATE_CONDITIONS[status])
+    if isinstance(since, timedelta):
+        conditions.append(SINCE_AGO_CONDITION)
+    elif since is not None:
+        conditions.append(SINCE_MOMENT_CONDITION)
+    # One name reads its own index range. A pattern, or a status across all
+    # names, reads each name's newest rows: without a name the status filter
+    # could scan the whole table for a status that is rare.
+    if (name is not None and has_wildcards(name)) or (name is None and status is not None):
+        params["pattern"] = like_pattern(name) if name is not None else "%"
+        template = NEWEST_RUNS_PER_NAME
+    else:
+        if name is not None:
+            params["name"] = name
+            conditions.append(NAME_CONDITION)
+        template = NEWEST_RUNS
+    return template % (" AND ".join(conditions) or "true"), params
+
+
+def list_runs(conn: "psycopg.Connection", schema: str, **filters: Any) -> list[RunView]:
+    """The newest runs, newest first, filtered by name (shell wildcards), status or start;
+    `filters` are those of `list_query`."""
+    template, params = list_query(**filters)
+    return fetch_all(conn, RunView, template, schema, params)
+
+
+def get_run_view(conn: "psycopg.Connection", schema: str, run_id: str | int) -> RunView:
+    params = {"id": runs.parse_run_id(run_id)}
+    found = fetch_all(conn, RunView, SELECT_RUN_VIEW, schema, params)
+    if not found:
+        raise NotFound(f"no run with id {params['id']}")
+    return found[0]
+
+
+def summaries_query(names: list[str] | None = None) -> tuple[str, dict[str, Any]]:
+    """The template and parameters of `job_summaries`."""
+    if names is None:
+        return ALL_JOB_SUMMARIES, {}
+    return GIVEN_JOB_SUMMARIES, {"names": [runs.validate_name(name) for name in names]}
+
+
+def job_summaries(conn: "psycopg.Connection", schema: str,
+                  names: list[str] | None = None) -> list[JobSummary]:
+    """One summary per job name (all of them, or the given ones in the given order)."""
+    template, params = summaries_query(names)
+    return fetch_all(conn, JobSummary, template, schema, params)
+
+
+def problems_first(summaries: list[JobSummary]) -> list[JobSummary]:
+    return sorted(summaries, key=lambda summary: (-summary.severity, summary.name))
+
+
+def ended_counts(conn: "psycopg.Connection", schema: str) -> list[EndedCount]:
+    return fetch_all(conn, EndedCount, ENDED_COUNTS, schema)
+
+
+def judge(summary: JobSummary, max_age: float, warn_age: float | None = None) -> Verdict:
+    """The monitoring verdict: CRITICAL when the job never succeeded, its newest
+    ended run failed, its newest run died, or its last success is older than
+    max_age; WARNING when older than warn_age."""
+    name = summary.name
+    age = summary.last_success_age_seconds
+    if age is None:
+        return Verdict(name, CRITICAL, "never succeeded")
+    if summary.last_state == DEAD:
+        return Verdict(name, CRITICAL, f"run {summary.last_run_id} is dead "
+                                       f"(started {ago(summary.last_age_seconds)}), "
+                                       f"last success {ago(age)}")
+    if summary.last_ended_status == runs.ERROR:
+        return Verdict(name, CRITICAL, f"last run failed {ago(summary.last_ended_age_seconds)}, "
+                                       f"last success {ago(age)}")
+    if age > max_age:
+        return Verdict(name, CRITICAL, f"last success {ago(age)} (max {format_duration(max_age)})")
+    if warn_age is not None and age > warn_age:
+        return Verdict(name, WARNING, f"last success {ago(age)} (warn {format_duration(warn_age)})")
+    return Verdict(name, OK, f"last success {ago(age)}")
+
+
+def check_jobs(conn: "psycopg.Connection", schema: str, names: list[str], max_age: float,
+               warn_age: float | None = None) -> list[Verdict]:
+    if warn_age is not None and warn_age >= max_age:
+        raise InvalidInput(f"--warn-age ({format_duration(warn_age)}) must be less than "
+                           f"--max-age ({format_duration(max_age)})")
+    return [judge(summary, max_age, warn_age)
+            for summary in job_summaries(conn, schema, list(dict.fromkeys(names)))]
+
+
+# -- watch --------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What `watch` shows: every unfinished run, then the newest ended ones."""
+
+    unfinished: list[RunView]
+    ended: list[RunView]
+    taken_at: datetime
+
+
+def snapshot(conn: "psycopg.Connection", schema: str, limit: int) -> Snapshot:
+    unfinished = list_runs(conn, schema, status=runs.IN_PROGRESS, limit=limit)
+    recent = list_runs(conn, schema, limit=limit)
+    ended = [run for run in recent if run.status != runs.IN_PROGRESS]
+    return Snapshot(unfinished, ended, datetime.now(timezone.utc))
+
+
+def snapshots(conn: "psycopg.Connection", schema: str, limit: int,
+              interval: float) -> Iterator[Snapshot]:
+    """A snapshot now, then another whenever the table changes, and at least every
+    `interval` seconds (ages move, and a lease runs out without any write)."""
+    from psycopg import sql
+
+    conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(NOTIFY_CHANNEL)))
+    while True:
+        yield snapshot(conn, schema, limit)
+        for _ in conn.notifies(timeout=interval, stop_after=1):
+            pass
+        # A burst of changes (a wrapper's start, its records, its end) is one redraw.
+        for _ in conn.notifies(timeout=0):
+            pass
+
+
+def as_dicts(items: list) -> list[dict[str, Any]]:
+    return [item.as_dict() for item in items]
