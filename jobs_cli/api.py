@@ -20,6 +20,7 @@ server), so a long job holds no idle connection open.
 
 from __future__ import annotations
 
+import os
 from contextlib import contextmanager
 from typing import Any, Iterator
 
@@ -30,11 +31,14 @@ from .errors import InvalidInput, JobsError
 
 class Job:
     def __init__(self, name: str, source: str = "", destination: str = "",
-                 database_url: str | None = None, schema: str = config.DEFAULT_SCHEMA):
+                 database_url: str | None = None, schema: str | None = None):
+        """database_url and schema default to JOBS_DATABASE_URL and JOBS_SCHEMA, as in the CLI."""
         self.name = runs.validate_name(name)
         self.source = source
         self.destination = destination
-        self.database = Database(url=database_url, schema=schema)
+        self.database = Database(
+            url=database_url or os.environ.get(config.ENV_DATABASE_URL) or None,
+            schema=schema or os.environ.get(config.ENV_SCHEMA) or config.DEFAULT_SCHEMA)
         self.data: dict[str, Any] | None = None
 
     @property

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+from datetime import datetime
+
 import pytest
 
 from jobs_cli import Job
@@ -61,3 +64,24 @@ def test_unreachable_database_is_a_jobs_error():
     with pytest.raises(DatabaseUnavailable) as raised:
         job.most_recent()
     assert "pw" not in str(raised.value)
+
+
+def test_database_and_schema_from_environment(db_url, conn, monkeypatch):
+    from jobs_cli.schema import apply_schema
+
+    apply_schema(conn, "etl")
+    monkeypatch.setenv("JOBS_DATABASE_URL", db_url)
+    monkeypatch.setenv("JOBS_SCHEMA", "etl")
+    Job(name="env").start()
+    assert conn.execute("SELECT name FROM etl.jobs").fetchall() == [("env",)]
+
+
+def test_embedded_default(home, monkeypatch):
+    monkeypatch.delenv("JOBS_DATABASE_URL", raising=False)
+    monkeypatch.setenv("JOBS_HOME", str(home))
+    job = Job(name="local")
+    with job.run():
+        pass
+    started = datetime.fromisoformat(job.data["start_date"].replace("Z", "+00:00"))
+    assert job.data["status"] == "success"
+    assert job.most_recent() == math.floor(started.timestamp())
