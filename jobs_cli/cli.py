@@ -7,6 +7,8 @@ becomes one line on stderr and an exit code in `JobsGroup.invoke`.
 
 from __future__ import annotations
 
+import os
+import sys
 from contextlib import contextmanager
 from dataclasses import replace
 from datetime import datetime, timezone
@@ -15,7 +17,7 @@ from typing import Iterator
 import click
 
 from . import config
-from .errors import EXIT_NO_SUCCESS, JobsError
+from .errors import EXIT_ERROR, EXIT_NO_SUCCESS, EXIT_NOT_RUNNING, JobsError
 
 
 class JobsGroup(click.Group):
@@ -27,6 +29,19 @@ class JobsGroup(click.Group):
         except JobsError as exc:
             click.echo(f"jobs-cli: {exc}", err=True)
             ctx.exit(exc.exit_code)
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except BrokenPipeError:
+            # The reader went away (`jobs-cli list | head`); keep the interpreter's
+            # final flush from complaining about it too.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            ctx.exit(EXIT_ERROR)
+        except Exception as exc:
+            if os.environ.get(config.ENV_DEBUG):
+                raise
+            click.echo(f"jobs-cli: unexpected error: {type(exc).__name__}: {exc} "
+                       f"(set {config.ENV_DEBUG}=1 for a traceback)", err=True)
+            ctx.exit(EXIT_ERROR)
 
 
 @click.group(cls=JobsGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -205,7 +220,7 @@ def server_status(ctx: click.Context) -> None:
         click.echo(f"url:     {status.url}")
         click.echo(f"psql:    psql '{status.url}'")
     if not status.running:
-        raise SystemExit(EXIT_NO_SUCCESS)
+        ctx.exit(EXIT_NOT_RUNNING)
 
 
 @server.command("start")

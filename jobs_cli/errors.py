@@ -10,6 +10,7 @@ EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_USAGE = 2
 EXIT_NO_SUCCESS = 3
+EXIT_NOT_RUNNING = 3  # `server status`, as `pg_ctl status`
 
 
 class JobsError(Exception):

@@ -143,8 +143,18 @@ def test_usage_error_exit_2(cli):
     assert cli("no-such-command").returncode == 2
 
 
-@pytest.mark.parametrize("command", ["init", "start", "finish", "fail", "last-success",
-                                     "server status", "server start", "server stop"])
+def all_commands(group=None, prefix=()):
+    from jobs_cli.cli import cli as root
+
+    group = group or root
+    for name, command in group.commands.items():
+        if hasattr(command, "commands"):
+            yield from all_commands(command, prefix + (name,))
+        else:
+            yield " ".join(prefix + (name,))
+
+
+@pytest.mark.parametrize("command", sorted(all_commands()))
 def test_every_command_help_has_an_example(cli, command):
     result = cli(*command.split(), "--help")
     assert result.returncode == 0 and "Example:" in result.stdout
