@@ -37,6 +37,11 @@ ALTER TABLE jobs ADD COLUMN IF NOT EXISTS output       text;
 -- heartbeat; an in_progress run whose lease has expired has lost its wrapper.
 ALTER TABLE jobs ADD COLUMN IF NOT EXISTS heartbeat_at timestamptz;
 ALTER TABLE jobs ADD COLUMN IF NOT EXISTS lease_until  timestamptz;
+-- Unique per `jobs-cli run` invocation: a result spooled while the database
+-- was down finds its run by it, and replaying a spooled --fail-open run (which
+-- never got an id) inserts it once however often the replay is repeated.
+ALTER TABLE jobs ADD COLUMN IF NOT EXISTS run_key      text;
+CREATE UNIQUE INDEX IF NOT EXISTS jobs_run_key ON jobs (run_key) WHERE run_key IS NOT NULL;
 
 -- Constraints. Adopted rows may break them; such a constraint is then added
 -- NOT VALID (it holds for every new or updated row, old rows stay as they
@@ -109,9 +114,43 @@ CREATE INDEX IF NOT EXISTS jobs_start
 -- Runs still in progress: overlap control, reaping, "running now".
 CREATE INDEX IF NOT EXISTS jobs_in_progress
     ON jobs (name, lease_until) WHERE status = 'in_progress';
+-- A job's newest runs of one status (`list --status`), and counts by status
+-- (`metrics`) read from the index alone.
+CREATE INDEX IF NOT EXISTS jobs_name_status_start
+    ON jobs (name, status, start_date DESC, id DESC);
 
--- One row per name: the run with the latest start_date (as the original's view).
+-- One row per name: the run with the latest start_date (as the original's view,
+-- same columns). Not DISTINCT ON, which reads the whole table: the names are
+-- enumerated by jumping through jobs_name_start (one index descent each) and
+-- each name's newest run read from it.
 CREATE OR REPLACE VIEW jobs_latest AS
-    SELECT DISTINCT ON (name) *
-    FROM jobs
-    ORDER BY name, start_date DESC, id DESC;
+    WITH RECURSIVE names(name) AS (
+        (SELECT name FROM jobs ORDER BY name LIMIT 1)
+        UNION ALL
+        SELECT (SELECT j.name FROM jobs j WHERE j.name > names.name ORDER BY j.name LIMIT 1)
+        FROM names
+        WHERE names.name IS NOT NULL
+    )
+    SELECT latest.*
+    FROM names
+    CROSS JOIN LATERAL (
+        SELECT * FROM jobs
+        WHERE jobs.name = names.name
+        ORDER BY start_date DESC, id DESC
+        LIMIT 1
+    ) latest;
+
+-- `jobs-cli watch` redraws when the table changes. One notification per
+-- statement, with the schema as payload; heartbeats (which only move
+-- heartbeat_at and lease_until) notify nobody.
+CREATE OR REPLACE FUNCTION jobs_notify_change() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('jobs_cli', TG_TABLE_SCHEMA);
+    RETURN NULL;
+END
+$$;
+DROP TRIGGER IF EXISTS jobs_notify_change ON jobs;
+CREATE TRIGGER jobs_notify_change
+    AFTER INSERT OR DELETE OR UPDATE OF status, end_date, message, records_processed, output
+    ON jobs FOR EACH STATEMENT EXECUTE FUNCTION jobs_notify_change();

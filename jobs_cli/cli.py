@@ -11,13 +11,12 @@ import os
 import sys
 from contextlib import contextmanager
 from dataclasses import replace
-from datetime import datetime, timezone
 from typing import Iterator
 
 import click
 
-from . import config
-from .errors import EXIT_ERROR, EXIT_NO_SUCCESS, EXIT_NOT_RUNNING, JobsError
+from . import config, monitor
+from .errors import EXIT_ERROR, EXIT_NO_SUCCESS, EXIT_NOT_RUNNING, InvalidInput, JobsError
 
 
 class JobsGroup(click.Group):
@@ -181,7 +180,7 @@ def last_success(ctx: click.Context, name: str, default: str | None, iso: bool) 
       since=$(jobs-cli last-success orders_sync --default 0)
       psql -c "select * from orders where modified_at >= to_timestamp($since)"
     """
-    from .runs import last_start, validate_name
+    from .runs import iso_seconds, last_start, validate_name
 
     validate_name(name)
     with connection(ctx) as conn:
@@ -191,9 +190,369 @@ def last_success(ctx: click.Context, name: str, default: str | None, iso: bool) 
             ctx.exit(EXIT_NO_SUCCESS)
         click.echo(default)
     elif iso:
-        click.echo(datetime.fromtimestamp(started, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"))
+        click.echo(iso_seconds(started))
     else:
         click.echo(started)
+
+
+# -- views --------------------------------------------------------------------
+
+utc_option = click.option("--utc", is_flag=True, help="Show times in UTC, not local time.")
+view_json_option = click.option("--json", "as_json", is_flag=True,
+                                help="Print JSON with every field (times ISO-8601 UTC).")
+
+
+@cli.command("list")
+@click.option("--name", "pattern", metavar="PATTERN",
+              help="Only this job; * and ? match any text and any one character.")
+@click.option("--status", type=click.Choice(monitor.STATUS_FILTERS),
+              help="Only runs in this state (in_progress: live, dead and running).")
+@click.option("--since", metavar="WHEN",
+              help="Only runs started since WHEN: a duration ago (2h, 1d) or an ISO date/time.")
+@click.option("--limit", type=click.IntRange(min=1), default=monitor.DEFAULT_LIMIT,
+              show_default=True, metavar="N", help="At most N runs.")
+@click.option("--json", "output", flag_value="json", help="Print a JSON array, every field.")
+@click.option("--csv", "output", flag_value="csv", help="Print CSV with a header row.")
+@utc_option
+@click.pass_context
+def list_command(ctx: click.Context, pattern: str | None, status: str | None,
+                 since: str | None, limit: int, output: str | None, utc: bool) -> None:
+    """List runs, newest first.
+
+    An in_progress run shows as live (its wrapper heartbeats), dead (the
+    heartbeats stopped) or running (started by `jobs-cli start`, unsupervised).
+
+    \b
+    Example:
+      jobs-cli list --name 'orders_*' --status error --since 1d
+      jobs-cli list --since 2024-05-01 --limit 1000 --csv > runs.csv
+    """
+    from .monitor import list_runs, parse_since
+    from .render import emit_csv, emit_json, print_runs
+    from .runs import validate_name
+
+    if pattern is not None:
+        validate_name(pattern)
+    with connection(ctx) as conn:
+        found = list_runs(conn, ctx.obj.schema, name=pattern, status=status,
+                          since=parse_since(since) if since else None, limit=limit)
+    if output == "json":
+        emit_json(monitor.as_dicts(found))
+    elif output == "csv":
+        emit_csv(monitor.as_dicts(found), monitor.RUN_VIEW_FIELDS)
+    else:
+        print_runs(found, utc)
+
+
+@cli.command()
+@click.argument("run_id", metavar="ID")
+@view_json_option
+@utc_option
+@click.pass_context
+def show(ctx: click.Context, run_id: str, as_json: bool, utc: bool) -> None:
+    """Show every field of run ID, with its output tail.
+
+    \b
+    Example:
+      jobs-cli show 42
+    """
+    from .monitor import get_run_view
+    from .render import emit_json, print_run
+
+    with connection(ctx) as conn:
+        run = get_run_view(conn, ctx.obj.schema, run_id)
+    if as_json:
+        emit_json(run.as_dict())
+    else:
+        print_run(run, utc)
+
+
+@cli.command("status")
+@view_json_option
+@click.pass_context
+def status_command(ctx: click.Context, as_json: bool) -> None:
+    """Show one row per job, problems first.
+
+    Each row: last run, last success, what runs now and recent trends.
+
+    Problems: a failed last run, dead runs, no success yet, or a job that
+    has not started for twice its usual interval.
+
+    \b
+    Example:
+      jobs-cli status
+    """
+    from .monitor import job_summaries, problems_first
+    from .render import emit_json, print_status
+
+    with connection(ctx) as conn:
+        summaries = problems_first(job_summaries(conn, ctx.obj.schema))
+    if as_json:
+        emit_json(monitor.as_dicts(summaries))
+    else:
+        print_status(summaries)
+
+
+class MonitoringPluginCommand(click.Command):
+    """Speaks the monitoring-plugin protocol even when it fails: a usage error,
+    a database that cannot be reached or anything else is one UNKNOWN line on
+    stdout and exit 3, never click's or JobsGroup's own messages and codes."""
+
+    def make_context(self, info_name, args, parent=None, **extra) -> click.Context:
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except click.UsageError as exc:
+            self.unknown(exc.format_message())
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except click.exceptions.Exit:
+            raise
+        except Exception as exc:
+            self.unknown(str(exc) or type(exc).__name__)
+
+    @staticmethod
+    def unknown(message: str):
+        from .render import unknown_line
+
+        click.echo(unknown_line(message.strip().splitlines()[0]))
+        raise click.exceptions.Exit(monitor.UNKNOWN)
+
+
+@cli.command(cls=MonitoringPluginCommand)
+@click.argument("names", metavar="NAME...", nargs=-1, required=True)
+@click.option("--max-age", required=True, metavar="DURATION",
+              help="CRITICAL when the last success ended longer ago than this.")
+@click.option("--warn-age", metavar="DURATION",
+              help="WARNING when the last success ended longer ago than this.")
+@click.pass_context
+def check(ctx: click.Context, names: tuple[str, ...], max_age: str,
+          warn_age: str | None) -> None:
+    """Check jobs for a monitoring system (Nagios, Icinga...).
+
+    Is each job NAME healthy?
+
+    Exit 0 OK, 1 WARNING, 2 CRITICAL (never succeeded, the last run failed or
+    died, or the last success is older than --max-age), 3 UNKNOWN (bad usage,
+    database unreachable). One status line on stdout; with several names the
+    worst state wins and every problem is named.
+
+    \b
+    Example:
+      jobs-cli check orders_sync invoices --max-age 2h --warn-age 90m
+    """
+    from .monitor import check_jobs, parse_age
+    from .render import check_line
+
+    critical_after = parse_age(max_age, "--max-age")
+    warning_after = parse_age(warn_age, "--warn-age") if warn_age else None
+    with connection(ctx) as conn:
+        verdicts = check_jobs(conn, ctx.obj.schema, list(names), critical_after, warning_after)
+    click.echo(check_line(verdicts))
+    ctx.exit(max(verdict.severity for verdict in verdicts))
+
+
+@cli.command()
+@click.pass_context
+def metrics(ctx: click.Context) -> None:
+    """Print per-job metrics in the Prometheus text format.
+
+    For node_exporter's textfile collector; write to a temporary file and
+    rename it, so the collector never reads half a file.
+
+    \b
+    Example:
+      cd /var/lib/node_exporter/textfile && jobs-cli metrics > jobs.tmp && mv jobs.tmp jobs.prom
+    """
+    from .monitor import ended_counts, job_summaries
+    from .render import prometheus_text
+
+    with connection(ctx) as conn:
+        text = prometheus_text(job_summaries(conn, ctx.obj.schema),
+                               ended_counts(conn, ctx.obj.schema))
+    click.echo(text, nl=False)
+
+
+@cli.command()
+@click.option("--interval", default="2s", show_default=True, metavar="DURATION",
+              help="Redraw at least this often (changes redraw at once).")
+@click.option("--limit", type=click.IntRange(min=1), default=monitor.DEFAULT_LIMIT,
+              show_default=True, metavar="N", help="At most N unfinished and N ended runs.")
+@utc_option
+@click.pass_context
+def watch(ctx: click.Context, interval: str, limit: int, utc: bool) -> None:
+    """Show unfinished and recent runs, redrawn as they change.
+
+    Ctrl-C quits.
+
+    \b
+    Example:
+      jobs-cli watch --interval 5s
+    """
+    from .monitor import parse_age, snapshots
+    from .render import watch as draw
+
+    seconds = parse_age(interval, "--interval")
+    try:
+        with connection(ctx) as conn:
+            draw(snapshots(conn, ctx.obj.schema, limit, seconds), utc)
+    except KeyboardInterrupt:
+        pass  # how a watch ends
+
+
+# -- wrapping a command ---------------------------------------------------------
+
+def tell(message: str) -> None:
+    click.echo(f"jobs-cli: {message}", err=True)
+
+
+def seconds_from_env(variable: str, default: float) -> float:
+    text = os.environ.get(variable)
+    return monitor.parse_age(text, variable) if text else default
+
+
+def recorder_for(ctx: click.Context):
+    from .recorder import Recorder
+
+    retry_seconds = seconds_from_env(config.ENV_RETRY_SECONDS, config.DEFAULT_RETRY_SECONDS)
+    return Recorder(ctx.obj, retry_seconds=retry_seconds, tell=tell)
+
+
+@cli.command(context_settings={"allow_interspersed_args": False})
+@click.option("--name", required=True, metavar="NAME", help="The job's name, as for `start`.")
+@click.option("--source", envvar=config.ENV_SOURCE, default="",
+              help="Where the job reads from [env JOBS_SOURCE; default empty].")
+@click.option("--destination", envvar=config.ENV_DESTINATION, default="",
+              help="Where the job writes to [env JOBS_DESTINATION; default empty].")
+@click.option("--timeout", metavar="DURATION",
+              help="SIGTERM the command after DURATION (90s, 15m, 2h), SIGKILL it --kill-after "
+                   "later; exit 124. Time spent in --on-overlap wait counts.")
+@click.option("--kill-after", default="5s", show_default=True, metavar="DURATION",
+              help="How long a timed-out command may take to end after SIGTERM.")
+@click.option("--on-overlap", type=click.Choice(("skip", "wait", "allow")), default="skip",
+              show_default=True,
+              help="When a run of NAME is live: skip (exit 75, nothing recorded), wait for it "
+                   "to end, or allow both.")
+@click.option("--fail-open", is_flag=True,
+              help="Run the command even when the database cannot be reached (no watermark, "
+                   "no overlap check); record it once the database is back.")
+@click.option("--tail-bytes", type=click.IntRange(0, 64 * 1024 * 1024), default=10 * 1024,
+              show_default=True, metavar="N",
+              help="Keep the last N bytes of stderr in the run's output and error message.")
+@click.option("--capture-stdout", is_flag=True,
+              help="Keep stdout in that tail too (it then goes through a pipe).")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+@click.pass_context
+def run(ctx: click.Context, name: str, source: str, destination: str, timeout: str | None,
+        kill_after: str, on_overlap: str, fail_open: bool, tail_bytes: int,
+        capture_stdout: bool, command: tuple[str, ...]) -> None:
+    """Run COMMAND as a recorded run of job NAME; exit with its exit code.
+
+    The command gets JOBS_ID, JOBS_NAME, JOBS_LAST_SUCCESS (unix seconds, empty
+    if never) and JOBS_LAST_SUCCESS_ISO, and can `jobs-cli report` its records.
+    stdout passes untouched; stderr passes live and its tail is recorded.
+
+    Exit: the command's code; 124 timed out, 126 not executable, 127 not
+    found, 128+N signal N; 69 database unreachable (command not run), 75
+    another run is live (skipped).
+
+    \b
+    Example:
+      jobs-cli run --name orders_sync --timeout 15m -- ./sync.sh --full
+    """
+    from .wrapper import RunOptions, wrap
+
+    options = RunOptions(
+        name=name, source=source, destination=destination,
+        timeout=monitor.parse_age(timeout, "--timeout") if timeout is not None else None,
+        kill_after=monitor.parse_age(kill_after, "--kill-after"), on_overlap=on_overlap,
+        fail_open=fail_open, tail_bytes=tail_bytes, capture_stdout=capture_stdout,
+        heartbeat_seconds=seconds_from_env(config.ENV_HEARTBEAT_SECONDS,
+                                           config.DEFAULT_HEARTBEAT_SECONDS))
+    with recorder_for(ctx) as recorder:
+        exit_code = wrap(command, options, recorder)
+    ctx.exit(exit_code)
+
+
+@cli.command()
+@click.option("--records", type=click.IntRange(0, 2**31 - 1), metavar="N",
+              help="Number of records processed so far.")
+@click.option("--message", help="A note stored with the run (kept when it succeeds).")
+@click.pass_context
+def report(ctx: click.Context, records: int | None, message: str | None) -> None:
+    """From inside `jobs-cli run`: record the run's records and a message.
+
+    The run is the one JOBS_ID names. Prints nothing: the command's stdout
+    may be its data. The wrapper's final update keeps what was reported.
+
+    \b
+    Example:
+      # in the script that `jobs-cli run` runs
+      jobs-cli report --records "$(wc -l < batch.csv)"
+    """
+    from .runs import report_run
+
+    run_id = os.environ.get(config.ENV_ID)
+    if not run_id:
+        raise InvalidInput(f"{config.ENV_ID} is not set: report works inside a command "
+                           "run by `jobs-cli run`")
+    if records is None and message is None:
+        raise InvalidInput("nothing to report: give --records, --message or both")
+    with connection(ctx) as conn:
+        report_run(conn, ctx.obj.schema, run_id, records=records, message=message)
+
+
+@cli.command()
+@click.option("--older-than", metavar="DURATION",
+              help="Also reap runs started by `jobs-cli start` (no wrapper, no heartbeat) "
+                   "still in progress after DURATION.")
+@click.pass_context
+def reap(ctx: click.Context, older_than: str | None) -> None:
+    """Mark runs whose wrapper died as error "abandoned: …"; print their ids.
+
+    A run of `jobs-cli run` is dead when its heartbeats stopped for three
+    intervals (JOBS_HEARTBEAT_SECONDS). The next `run` of the same job reaps
+    its dead run by itself; this is for the dashboards, and for unsupervised
+    runs with --older-than.
+
+    \b
+    Example:
+      */5 * * * * /opt/etl/.venv/bin/jobs-cli reap --older-than 1d
+    """
+    from .runs import reap_runs
+
+    age = monitor.parse_age(older_than, "--older-than") if older_than is not None else None
+    with connection(ctx) as conn:
+        reaped = reap_runs(conn, ctx.obj.schema, unsupervised_older_than=age)
+    for abandoned in reaped:
+        click.echo(abandoned.id)
+
+
+@cli.command()
+@click.pass_context
+def flush(ctx: click.Context) -> None:
+    """Record the results `run` spooled while the database was unreachable.
+
+    Prints the ids of the runs recorded. Replaying is idempotent: a result is
+    recorded once however often it is flushed. Results spooled for another
+    database or schema are left for a flush with that configuration.
+
+    \b
+    Example:
+      jobs-cli flush
+    """
+    from .spool import spool_dir
+
+    with recorder_for(ctx) as recorder:
+        replayed = recorder.replay()
+    for recorded in replayed.recorded:
+        click.echo(recorded.id)
+    if replayed.other_database:
+        tell(f"{replayed.other_database} spooled result(s) in {spool_dir(ctx.obj.home)} "
+             "are for another database or schema; left in place")
+    if replayed.failed:
+        ctx.exit(EXIT_ERROR)
 
 
 @cli.group()

@@ -57,18 +57,30 @@ def describe(conninfo: str) -> str:
 
 @contextmanager
 def connect(database: Database) -> Iterator["psycopg.Connection"]:
+    with translated_errors(database), open_connection(database) as conn:
+        yield conn
+
+
+def open_connection(database: Database, **options: object) -> "psycopg.Connection":
+    """A new autocommit connection, starting the embedded server if needed.
+
+    psycopg errors are not translated: use it inside `translated_errors`.
+    `options` are further libpq connection parameters.
+    """
+    if database.embedded:
+        return _connect_embedded(database, **options)
+    return _open(database.url, **options)
+
+
+@contextmanager
+def translated_errors(database: Database) -> Iterator[None]:
+    """Turn psycopg errors raised in the block into JobsErrors with one-line messages."""
     import psycopg
 
-    conninfo = database.url or ""
     try:
-        if database.embedded:
-            conn, conninfo = _connect_embedded(database)
-        else:
-            conn = _open(conninfo)
-        with conn:
-            yield conn
+        yield
     except psycopg.OperationalError as exc:
-        raise DatabaseUnavailable(f"cannot reach {describe(conninfo)}: {first_line(exc)}") from None
+        raise DatabaseUnavailable(f"cannot reach {where(database)}: {first_line(exc)}") from None
     except (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedColumn,
             psycopg.errors.InvalidSchemaName, psycopg.errors.UndefinedFunction) as exc:
         raise DatabaseError(f"{first_line(exc)}: the jobs table in schema {database.schema!r} "
@@ -77,18 +89,25 @@ def connect(database: Database) -> Iterator["psycopg.Connection"]:
         raise DatabaseError(first_line(exc)) from None
 
 
+def where(database: Database) -> str:
+    if database.embedded:
+        return f"the embedded server in {database.home}"
+    return describe(database.url)
+
+
 def first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def _open(conninfo: str) -> "psycopg.Connection":
+def _open(conninfo: str, **options: object) -> "psycopg.Connection":
     import psycopg
 
-    return psycopg.connect(conninfo, autocommit=True, connect_timeout=CONNECT_TIMEOUT_SECONDS)
+    options.setdefault("connect_timeout", CONNECT_TIMEOUT_SECONDS)
+    return psycopg.connect(conninfo, autocommit=True, **options)
 
 
-def _connect_embedded(database: Database) -> tuple["psycopg.Connection", str]:
+def _connect_embedded(database: Database, **options: object) -> "psycopg.Connection":
     import psycopg
 
     from .server import EmbeddedServer
@@ -98,18 +117,17 @@ def _connect_embedded(database: Database) -> tuple["psycopg.Connection", str]:
     conn = None
     if conninfo:
         try:
-            conn = _open(conninfo)
+            conn = _open(conninfo, **options)
         except psycopg.OperationalError:
             conn = None
     if conn is None:
-        conninfo = server.ensure_running()
-        conn = _open(conninfo)
+        conn = _open(server.ensure_running(), **options)
     try:
         _ensure_schema(conn, database)
     except BaseException:
         conn.close()
         raise
-    return conn, conninfo
+    return conn
 
 
 def _schema_marker(database: Database) -> Path:

@@ -11,6 +11,10 @@ EXIT_ERROR = 1
 EXIT_USAGE = 2
 EXIT_NO_SUCCESS = 3
 EXIT_NOT_RUNNING = 3  # `server status`, as `pg_ctl status`
+# `jobs-cli run`, after sysexits.h: the command was not run, or its result is nowhere.
+EXIT_UNAVAILABLE = 69
+EXIT_IOERR = 74
+EXIT_TEMPFAIL = 75
 
 
 class JobsError(Exception):
@@ -49,3 +53,21 @@ class DatabaseUnavailable(DatabaseError):
 
 class ServerError(JobsError):
     """The embedded PostgreSQL server could not be created, started or stopped."""
+
+
+class NotStarted(JobsError):
+    """`run` could not read the watermark or insert the run, so the command was not run."""
+
+    exit_code = EXIT_UNAVAILABLE
+
+
+class Overlap(JobsError):
+    """`run` skipped the command because another run of the job is live; exit 75 (try later)."""
+
+    exit_code = EXIT_TEMPFAIL
+
+
+class SpoolError(JobsError):
+    """A result the database would not take could not be spooled either."""
+
+    exit_code = EXIT_IOERR

@@ -23,7 +23,8 @@ Scale
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass, field
+import statistics
+from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, Iterator, TypeVar
 
@@ -68,8 +69,8 @@ RUN_VIEW_COLUMNS = """
          WHEN lease_until IS NULL THEN 'running'
          WHEN lease_until > now() THEN 'live'
          ELSE 'dead' END AS state,
-    extract(epoch FROM coalesce(end_date, least(now(), lease_until)) - start_date)::float8
-        AS duration_seconds,
+    extract(epoch FROM coalesce(end_date, greatest(start_date, least(now(), lease_until)))
+                       - start_date)::float8 AS duration_seconds,
     extract(epoch FROM now() - start_date)::float8 AS age_seconds"""
 
 # Every job name, one index descent each; ends with a NULL row callers filter out.
@@ -108,82 +109,64 @@ LIMIT %%(limit)s
 """
 
 # The newest runs of each matching name, merged. LIKE cannot use a btree index
-# under most collations, so it filters the enumerated names, not the rows.
-NEWEST_RUNS_PER_NAME = "WITH RECURSIVE " + ALL_NAMES + """
-SELECT newest.*
-FROM names
-CROSS JOIN LATERAL (
-    SELECT {columns},""" + RUN_VIEW_COLUMNS + """
-    FROM {table}
-    WHERE name = names.name AND %s
-    ORDER BY start_date DESC, id DESC
+# under most collations, so it filters the enumerated names, not the rows. The
+# merge needs only (start_date, id), which the indexes hold: only the runs
+# that make the cut are read from the table.
+NEWEST_RUNS_PER_NAME = "WITH RECURSIVE " + ALL_NAMES + """,
+newest AS (
+    SELECT newest.id
+    FROM names
+    CROSS JOIN LATERAL (
+        SELECT id, start_date
+        FROM {table}
+        WHERE name = names.name AND %s
+        ORDER BY start_date DESC, id DESC
+        LIMIT %%(limit)s
+    ) newest
+    WHERE names.name IS NOT NULL AND names.name LIKE %%(pattern)s
+    ORDER BY newest.start_date DESC, newest.id DESC
     LIMIT %%(limit)s
-) newest
-WHERE names.name IS NOT NULL AND names.name LIKE %%(pattern)s
-ORDER BY newest.start_date DESC, newest.id DESC
-LIMIT %%(limit)s
+)
+SELECT {columns},""" + RUN_VIEW_COLUMNS + """
+FROM {table}
+WHERE id IN (SELECT id FROM newest)
+ORDER BY start_date DESC, id DESC
 """
 
 SELECT_RUN_VIEW = "SELECT {columns}," + RUN_VIEW_COLUMNS + " FROM {table} WHERE id = %(id)s"
 
-# One row per name. The recent window is read newest first through the
-# (name, start_date DESC, id DESC) index; the gaps between its starts give the
-# job's usual interval. The last success is found as `last-success` finds it.
+# One row per name: its newest runs as arrays, newest first (aggregated in the
+# index's order, so without sorting), its last success found as `last-success`
+# finds it, and its unfinished runs from the partial index. What is derived
+# from the arrays (rates, medians, intervals) is left to JobSummary.
 JOB_SUMMARIES = """
 SELECT names.name,
-       newest.id AS last_run_id,
-       newest.state AS last_state,
-       newest.start_date AS last_start,
-       newest.age_seconds AS last_age_seconds,
-       newest.duration_seconds AS last_run_seconds,
-       recent.last_ended_status,
-       recent.last_ended_end,
-       extract(epoch FROM now() - recent.last_ended_end)::float8 AS last_ended_age_seconds,
-       recent.last_ended_seconds,
+       now() AS checked_at,
+       recent.last_run_id,
+       coalesce(recent.states, '{{}}') AS recent_states,
+       coalesce(recent.starts, '{{}}') AS recent_starts,
+       coalesce(recent.ends, '{{}}') AS recent_ends,
+       coalesce(recent.durations, '{{}}') AS recent_durations,
        success.start_date AS last_success_start,
        success.end_date AS last_success_end,
-       extract(epoch FROM now() - success.end_date)::float8 AS last_success_age_seconds,
        success.records_processed AS last_success_records,
        coalesce(unfinished.live, 0) AS live,
        coalesce(unfinished.dead, 0) AS dead,
-       coalesce(unfinished.running, 0) AS running,
-       coalesce(recent.states, '{{}}') AS recent_states,
-       coalesce(recent.successes, 0) AS recent_successes,
-       coalesce(recent.ended, 0) AS recent_ended,
-       recent.median_success_seconds,
-       recent.usual_interval_seconds
+       coalesce(unfinished.running, 0) AS running
 FROM names
 LEFT JOIN LATERAL (
-    SELECT id, start_date,""" + RUN_VIEW_COLUMNS + """
-    FROM {table}
-    WHERE name = names.name
-    ORDER BY start_date DESC, id DESC
-    LIMIT 1
-) newest ON true
-LEFT JOIN LATERAL (
-    SELECT array_agg(state ORDER BY start_date, id) AS states,
-           count(*) FILTER (WHERE status = 'success') AS successes,
-           count(*) FILTER (WHERE status IN ('success', 'error')) AS ended,
-           (array_agg(status ORDER BY start_date DESC, id DESC)
-               FILTER (WHERE status IN ('success', 'error')))[1] AS last_ended_status,
-           (array_agg(end_date ORDER BY start_date DESC, id DESC)
-               FILTER (WHERE status IN ('success', 'error')))[1] AS last_ended_end,
-           (array_agg(duration_seconds ORDER BY start_date DESC, id DESC)
-               FILTER (WHERE status IN ('success', 'error')))[1] AS last_ended_seconds,
-           percentile_cont(0.5) WITHIN GROUP (ORDER BY duration_seconds)
-               FILTER (WHERE status = 'success') AS median_success_seconds,
-           percentile_cont(0.5) WITHIN GROUP (ORDER BY gap_seconds) AS usual_interval_seconds
+    SELECT (array_agg(id ORDER BY start_date DESC, id DESC))[1] AS last_run_id,
+           array_agg(state ORDER BY start_date DESC, id DESC) AS states,
+           array_agg(start_date ORDER BY start_date DESC, id DESC) AS starts,
+           array_agg(end_date ORDER BY start_date DESC, id DESC) AS ends,
+           array_agg(duration_seconds ORDER BY start_date DESC, id DESC) AS durations
     FROM (
-        SELECT *, extract(epoch FROM lag(start_date) OVER (ORDER BY start_date DESC, id DESC)
-                                     - start_date)::float8 AS gap_seconds
-        FROM (
-            SELECT id, status, start_date, end_date,""" + RUN_VIEW_COLUMNS + """
-            FROM {table}
-            WHERE name = names.name
-            ORDER BY start_date DESC, id DESC
-            LIMIT """ + str(RECENT_RUNS) + """
-        ) window_rows
-    ) gaps
+        SELECT id, start_date, end_date,""" + RUN_VIEW_COLUMNS + """
+        FROM {table}
+        WHERE name = names.name
+        ORDER BY start_date DESC, id DESC
+        LIMIT """ + str(RECENT_RUNS) + """
+    ) newest
 ) recent ON true
 LEFT JOIN LATERAL (
     SELECT start_date, end_date, records_processed
@@ -226,7 +209,7 @@ class RunView(runs.Run):
     age_seconds: float | None = None
 
 
-RUN_VIEW_FIELDS = tuple(f for f in RunView.__dataclass_fields__)
+RUN_VIEW_FIELDS = tuple(f.name for f in fields(RunView))
 
 
 @dataclass(frozen=True)
@@ -237,46 +220,95 @@ class Problem:
 
 @dataclass(frozen=True)
 class JobSummary:
-    """One job name: its newest run, its last success, what runs now, recent trends."""
+    """One job name: its newest runs, its last success and what runs now.
+
+    The recent_* lists describe the newest RECENT_RUNS runs, newest first; ages
+    are measured from checked_at, the server's now().
+    """
 
     name: str
+    checked_at: datetime
     last_run_id: int | None = None
-    last_state: str | None = None
-    last_start: datetime | None = None
-    last_age_seconds: float | None = None
-    last_run_seconds: float | None = None
-    # The newest run that has ended (by start), among the recent window.
-    last_ended_status: str | None = None
-    last_ended_end: datetime | None = None
-    last_ended_age_seconds: float | None = None
-    last_ended_seconds: float | None = None
+    recent_states: list[str | None] = field(default_factory=list)
+    recent_starts: list[datetime] = field(default_factory=list)
+    recent_ends: list[datetime | None] = field(default_factory=list)
+    # How long each took (so far, for unfinished ones).
+    recent_durations: list[float | None] = field(default_factory=list)
     last_success_start: datetime | None = None
     last_success_end: datetime | None = None
-    # Since the last success *ended*: when it last succeeded.
-    last_success_age_seconds: float | None = None
     last_success_records: int | None = None
     live: int = 0
     dead: int = 0
     running: int = 0
-    # States of the newest RECENT_RUNS runs, oldest first.
-    recent_states: list[str | None] = field(default_factory=list)
-    recent_successes: int = 0
-    recent_ended: int = 0
-    median_success_seconds: float | None = None
-    usual_interval_seconds: float | None = None
+
+    def age(self, moment: datetime | None) -> float | None:
+        return None if moment is None else (self.checked_at - moment).total_seconds()
+
+    @property
+    def last_state(self) -> str | None:
+        return self.recent_states[0] if self.recent_states else None
+
+    @property
+    def last_start(self) -> datetime | None:
+        return self.recent_starts[0] if self.recent_starts else None
+
+    @property
+    def last_age_seconds(self) -> float | None:
+        return self.age(self.last_start)
+
+    @property
+    def ended_positions(self) -> list[int]:
+        """Where the ended runs are in the recent lists."""
+        return [i for i, state in enumerate(self.recent_states) if state in runs.ENDED]
+
+    def of_last_ended(self, values: list) -> Any:
+        """The newest ended run's (by start, among the recent ones) entry in `values`."""
+        positions = self.ended_positions
+        return values[positions[0]] if positions else None
+
+    @property
+    def last_ended_status(self) -> str | None:
+        return self.of_last_ended(self.recent_states)
+
+    @property
+    def last_ended_age_seconds(self) -> float | None:
+        return self.age(self.of_last_ended(self.recent_ends))
+
+    @property
+    def last_ended_seconds(self) -> float | None:
+        return self.of_last_ended(self.recent_durations)
+
+    @property
+    def last_success_age_seconds(self) -> float | None:
+        """Since the last success *ended*: when the job last succeeded."""
+        return self.age(self.last_success_end)
 
     @property
     def success_rate(self) -> float | None:
         """Share of the recent ended runs that succeeded."""
-        return self.recent_successes / self.recent_ended if self.recent_ended else None
+        ended = [self.recent_states[i] for i in self.ended_positions]
+        return ended.count(runs.SUCCESS) / len(ended) if ended else None
+
+    @property
+    def median_success_seconds(self) -> float | None:
+        durations = [duration for state, duration in zip(self.recent_states, self.recent_durations)
+                     if state == runs.SUCCESS and duration is not None]
+        return statistics.median(durations) if durations else None
+
+    @property
+    def usual_interval_seconds(self) -> float | None:
+        """Median time between the recent starts; None below three runs."""
+        if len(self.recent_starts) < 3:
+            return None
+        return statistics.median((newer - older).total_seconds() for newer, older
+                                 in zip(self.recent_starts, self.recent_starts[1:]))
 
     @property
     def overdue(self) -> bool:
-        """Not started for much longer than it usually is (needs a few runs to tell)."""
-        return (self.usual_interval_seconds is not None and self.recent_ended >= 3
-                and self.live + self.running == 0
-                and self.last_age_seconds is not None
-                and self.last_age_seconds > OVERDUE_INTERVALS * self.usual_interval_seconds)
+        """Not started for much longer than it usually is, and not running now."""
+        interval = self.usual_interval_seconds
+        return (interval is not None and self.live + self.running == 0
+                and self.last_age_seconds > OVERDUE_INTERVALS * interval)
 
     @property
     def problems(self) -> list[Problem]:
@@ -299,9 +331,15 @@ class JobSummary:
 
     def as_dict(self) -> dict[str, Any]:
         data = {key: jsonable(value) for key, value in asdict(self).items()}
-        data["success_rate"] = self.success_rate
+        for derived in SUMMARY_DERIVED:
+            data[derived] = jsonable(getattr(self, derived))
         data["problems"] = [problem.text for problem in self.problems]
         return data
+
+
+SUMMARY_DERIVED = ("last_state", "last_start", "last_age_seconds", "last_ended_status",
+                   "last_ended_age_seconds", "last_ended_seconds", "last_success_age_seconds",
+                   "success_rate", "median_success_seconds", "usual_interval_seconds")
 
 
 @dataclass(frozen=True)
@@ -321,6 +359,8 @@ class EndedCount:
 
 
 def jsonable(value: Any) -> Any:
+    if isinstance(value, list):
+        return [jsonable(item) for item in value]
     return runs.iso_utc(value) if isinstance(value, datetime) else value
 
 
@@ -479,7 +519,7 @@ def check_jobs(conn: "psycopg.Connection", schema: str, names: list[str], max_ag
 
 @dataclass(frozen=True)
 class Snapshot:
-    """What `watch` shows: every unfinished run, then the newest ended ones."""
+    """What `watch` shows: the newest unfinished runs, then the newest ended ones."""
 
     unfinished: list[RunView]
     ended: list[RunView]

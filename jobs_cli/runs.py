@@ -117,6 +117,14 @@ def fetch_run(conn: "psycopg.Connection", template: str, schema: str, params: di
         return cur.fetchone()
 
 
+def _run_cursor(conn: "psycopg.Connection", template: str, schema: str,
+                params: dict) -> "psycopg.Cursor[Run]":
+    """An executed cursor yielding Runs; in pipeline mode its rows come at the sync."""
+    from psycopg.rows import class_row
+
+    return conn.cursor(row_factory=class_row(Run)).execute(statement(template, schema), params)
+
+
 # -- validation ---------------------------------------------------------------
 
 def validate_name(name: str) -> str:
@@ -192,3 +200,224 @@ def last_success(conn: "psycopg.Connection", schema: str, name: str) -> int:
     if started is None:
         raise NoSuccess(f"{name!r} has never succeeded")
     return started
+
+
+def iso_seconds(epoch: int) -> str:
+    """Unix seconds as ISO-8601 UTC to the second, as `last-success --iso` prints them."""
+    return datetime.fromtimestamp(epoch, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+# -- supervised runs (`jobs-cli run`) -----------------------------------------
+# Liveness is a lease: see the `recorder` module for why and how.
+
+@dataclass(frozen=True)
+class Invocation:
+    """Who runs what, recorded with a supervised run."""
+
+    run_key: str  # unique per `jobs-cli run` invocation; see schema.sql
+    name: str
+    source: str
+    destination: str
+    command: str
+    host: str
+    pid: int  # the wrapper's: the process whose heartbeats keep the lease
+    username: str
+
+
+@dataclass(frozen=True)
+class Claim:
+    """What `claim_run` found and did."""
+
+    run: Run | None  # None: not inserted, because `blocking` is live
+    blocking: Run | None
+    last_success: int | None  # the watermark, unix seconds
+    abandoned: list[Run]  # dead runs of the name reaped on the way
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """How a supervised run ended: what `record_result` writes, and what the spool keeps."""
+
+    invocation: Invocation
+    run_id: int | None  # None: never claimed (--fail-open with the database down)
+    start_date: datetime  # the server's, from the claim; this host's when never claimed
+    elapsed: float  # seconds from the claim to the command's end, by the monotonic clock
+    status: str
+    exit_code: int
+    headline: str  # what happened: "exit code 3", "timed out after 1m", ...
+    output: str  # the tail of the command's stderr
+    note: str | None = None  # said in the message when the run is inserted only now
+
+
+# Serialises the claims of one job name. Transaction-scoped, hence usable
+# through PgBouncer in transaction mode, where session-level locks are not.
+CLAIM_LOCK = "SELECT pg_advisory_xact_lock(hashtextextended(%(lock_key)s, 0))"
+
+LIVE_RUN = """
+SELECT {columns} FROM {table}
+WHERE name = %(name)s AND status = 'in_progress' AND lease_until > now()
+ORDER BY start_date, id
+LIMIT 1
+"""
+
+# Unless overlap is allowed, inserted only while no run of the name is live.
+CLAIM_RUN = """
+INSERT INTO {table} (name, status, start_date, source, destination, host, pid, username,
+                     command, heartbeat_at, lease_until, run_key)
+SELECT %(name)s, 'in_progress', now(), %(source)s, %(destination)s, %(host)s, %(pid)s,
+       %(username)s, %(command)s, now(), now() + make_interval(secs => %(lease_seconds)s),
+       %(run_key)s
+WHERE %(allow_overlap)s OR NOT EXISTS (
+    SELECT FROM {table} WHERE name = %(name)s AND status = 'in_progress' AND lease_until > now())
+RETURNING {columns}
+"""
+
+HEARTBEAT = """
+UPDATE {table}
+SET heartbeat_at = now(), lease_until = now() + make_interval(secs => %(lease_seconds)s)
+WHERE id = %(id)s AND status = 'in_progress'
+"""
+
+# What the command reports about itself while it runs; the wrapper's final
+# update keeps it (see RECORD_RESULT).
+REPORT_RUN = """
+UPDATE {table}
+SET records_processed = coalesce(%(records)s, records_processed),
+    message = coalesce(%(message)s, message)
+WHERE id = %(id)s AND status = 'in_progress'
+RETURNING {columns}
+"""
+
+# Dead supervised runs (lease run out) and, given an age, unsupervised runs
+# (no lease: `jobs-cli start`) older than that. A reported message is kept
+# after the reason.
+REAP_RUNS = """
+UPDATE {table}
+SET status = 'error',
+    end_date = greatest(now(), start_date),
+    message = concat_ws('; ', 'abandoned: ' || CASE
+        WHEN lease_until IS NULL THEN %(unsupervised_reason)s::text
+        ELSE 'no heartbeat since '
+             || coalesce(to_char(heartbeat_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'),
+                         'its start')
+             || coalesce(' from pid ' || pid || ' on ' || host, '')
+        END, message)
+WHERE status = 'in_progress'
+  AND (lease_until <= now()
+       OR (lease_until IS NULL
+           AND start_date <= now() - make_interval(secs => %(older_than)s::float8)))
+  AND (%(name)s::text IS NULL OR name = %(name)s)
+RETURNING {columns}
+"""
+
+# A result inserts its run when the run is missing: a --fail-open run that
+# never got an id, or a run deleted meanwhile. NOT EXISTS keeps the usual case
+# from spending a serial value on a conflict.
+INSERT_MISSING_RUN = """
+INSERT INTO {table} (name, status, start_date, source, destination, host, pid, username,
+                     command, message, run_key)
+SELECT %(name)s, 'in_progress', %(start_date)s, %(source)s, %(destination)s, %(host)s,
+       %(pid)s, %(username)s, %(command)s, %(note)s, %(run_key)s
+WHERE NOT EXISTS (SELECT FROM {table} WHERE run_key = %(run_key)s)
+ON CONFLICT (run_key) WHERE run_key IS NOT NULL DO NOTHING
+"""
+
+# The wrapper's final word. The status guard makes a replayed result count
+# once. It overrules a reaper that took the run for abandoned (its heartbeats
+# could not reach the database) but not anyone else who ended it. A success
+# keeps the reported message; an error says what happened first, then the
+# reported message, then the output tail. end_date is the claim's server time
+# plus the elapsed time, so a result recorded late still ends when it ended.
+RECORD_RESULT = """
+UPDATE {table}
+SET status = %(status)s,
+    end_date = start_date + make_interval(secs => %(elapsed)s),
+    exit_code = %(exit_code)s,
+    output = %(output)s,
+    message = CASE WHEN %(status)s = 'success' AND status = 'in_progress' THEN message
+                   ELSE concat_ws(E'\\n', concat_ws('; ', %(headline)s::text, message),
+                                  nullif(rtrim(%(output)s, E'\\n'), ''))
+              END
+WHERE run_key = %(run_key)s
+  AND (status = 'in_progress'
+       OR (status = 'error' AND exit_code IS NULL AND message LIKE 'abandoned:%%'))
+RETURNING {columns}
+"""
+
+RUN_BY_KEY = "SELECT {columns} FROM {table} WHERE run_key = %(run_key)s"
+
+
+def claim_run(conn: "psycopg.Connection", schema: str, invocation: Invocation, *,
+              lease_seconds: float, allow_overlap: bool) -> Claim:
+    """In one transaction and one round trip: reap the name's dead runs, insert the run
+    unless another is live (or overlap is allowed), read the last-success watermark."""
+    # One set of parameters for every statement: only dead supervised runs are
+    # reaped, and the watermark is the last success's.
+    params = {**vars(invocation), "lease_seconds": lease_seconds,
+              "allow_overlap": allow_overlap, "lock_key": f"{schema}.jobs:{invocation.name}",
+              "older_than": None, "unsupervised_reason": None, "status": SUCCESS}
+    with conn.pipeline(), conn.transaction():
+        conn.execute(CLAIM_LOCK, params)
+        reaped = _run_cursor(conn, REAP_RUNS, schema, params)
+        live = _run_cursor(conn, LIVE_RUN, schema, params)
+        claimed = _run_cursor(conn, CLAIM_RUN, schema, params)
+        watermark = conn.execute(statement(LAST_START_BY_STATUS, schema), params)
+    run = claimed.fetchone()
+    last = watermark.fetchone()
+    return Claim(run=run, blocking=None if run else live.fetchone(),
+                 last_success=last[0] if last else None, abandoned=reaped.fetchall())
+
+
+def heartbeat(conn: "psycopg.Connection", schema: str, run_id: int, *,
+              lease_seconds: float, timeout: float) -> bool:
+    """Move the run's lease forward; False when the run is no longer in progress.
+
+    SET LOCAL bounds the statement and works through PgBouncer, as a session SET does not.
+    """
+    with conn.pipeline(), conn.transaction():
+        conn.execute("SELECT set_config('statement_timeout', %s, true),"
+                     " set_config('lock_timeout', %s, true)", (f"{timeout * 1000:.0f}",) * 2)
+        updated = conn.execute(statement(HEARTBEAT, schema),
+                               {"id": run_id, "lease_seconds": lease_seconds})
+    return updated.rowcount == 1
+
+
+def report_run(conn: "psycopg.Connection", schema: str, run_id: str | int, *,
+               records: int | None, message: str | None) -> Run:
+    """Set what the command reports about itself on its in_progress run."""
+    params = {"id": parse_run_id(run_id), "records": validate_records(records),
+              "message": message}
+    run = fetch_run(conn, REPORT_RUN, schema, params)
+    if run is not None:
+        return run
+    existing = get_run(conn, schema, params["id"])
+    raise Refused(f"run {existing.id} ({existing.name}) has already ended: {existing.status}")
+
+
+def reap_runs(conn: "psycopg.Connection", schema: str, *,
+              unsupervised_older_than: float | None = None) -> list[Run]:
+    """Mark runs whose wrapper died, and old unsupervised ones if asked, error "abandoned: …"."""
+    from .durations import format_duration
+
+    reason = None
+    if unsupervised_older_than is not None:
+        reason = (f"started without a wrapper (jobs-cli start) and still in progress after "
+                  f"more than {format_duration(unsupervised_older_than)}")
+    params = {"older_than": unsupervised_older_than, "unsupervised_reason": reason, "name": None}
+    return _run_cursor(conn, REAP_RUNS, schema, params).fetchall()
+
+
+def record_result(conn: "psycopg.Connection", schema: str, result: RunResult) -> Run | None:
+    """Record how a supervised run ended, once; None when it had already ended.
+
+    Idempotent: replaying the same result changes nothing.
+    """
+    params = {**vars(result.invocation), **vars(result)}
+    with conn.pipeline(), conn.transaction():
+        conn.execute(statement(INSERT_MISSING_RUN, schema), params)
+        recorded = _run_cursor(conn, RECORD_RESULT, schema, params)
+    return recorded.fetchone()
+
+
+def run_by_key(conn: "psycopg.Connection", schema: str, run_key: str) -> Run | None:
+    return fetch_run(conn, RUN_BY_KEY, schema, {"run_key": run_key})

@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import psycopg
@@ -40,6 +41,17 @@ def private_dir(prefix: str) -> Path:
     path = Path(tempfile.mkdtemp(prefix=prefix))
     path.chmod(0o755)
     return path
+
+
+def wait_until(condition, timeout: float = 10.0, what: str = "condition"):
+    """Poll `condition` until it returns something truthy, and return that; fail at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"timed out after {timeout}s waiting for {what}"
+        time.sleep(0.02)
 
 
 @pytest.fixture(scope="session")
@@ -116,3 +128,25 @@ def sh(cli_env):
         return subprocess.run(["sh", "-c", script], env={**cli_env, **(env or {})},
                               capture_output=True, text=True, timeout=60)
     return run
+
+
+@pytest.fixture
+def told() -> list[str]:
+    """What a Recorder made by `make_recorder` told the user."""
+    return []
+
+
+@pytest.fixture
+def make_recorder(database, told):
+    """make(database=this test's, retry_seconds=0.5) -> a Recorder, closed at teardown."""
+    from jobs_cli.recorder import Recorder
+
+    opened = []
+
+    def make(target: Database = database, retry_seconds: float = 0.5) -> "Recorder":
+        opened.append(Recorder(target, retry_seconds=retry_seconds, tell=told.append))
+        return opened[-1]
+
+    yield make
+    for recorder in opened:
+        recorder.close()

@@ -1,0 +1,168 @@
+"""`jobs-cli run`: wrap a command, hand it its watermark, record its outcome, lose nothing.
+
+`wrap` is the whole flow, as in runitor: claim the run, start the command with
+the run's environment, supervise it, record how it ended. This module holds
+the policy (overlap, --fail-open, the time budget, what the command is told);
+the database work is the recorder's, the process handling supervise's.
+
+Before the command starts, a database failure means the command does not run:
+an incremental load without its watermark is unsafe (exit 69). --fail-open
+runs it anyway, unclaimed: no overlap check, no watermark, no heartbeats, and
+its result recorded afterwards (or spooled) with times from this host's clock,
+which its message says.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import pwd
+import shlex
+import socket
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Mapping, Sequence
+
+from . import config
+from .db import Database
+from .errors import DatabaseError, NotStarted, Overlap
+from .recorder import Recorder
+from .ringbuffer import tail_text
+from .runs import ERROR, SUCCESS, Claim, Invocation, RunResult, iso_seconds, validate_name
+from .supervise import supervise
+
+SKIP, WAIT, ALLOW = "skip", "wait", "allow"
+OVERLAP_POLICIES = (SKIP, WAIT, ALLOW)
+# A lease outlives this many missed heartbeats: a run is dead within 3 intervals.
+LEASE_HEARTBEATS = 3
+# How often `--on-overlap wait` looks whether the live run has ended.
+WAIT_POLL_SECONDS = 0.5
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    name: str
+    source: str = ""
+    destination: str = ""
+    timeout: float | None = None  # less the time spent waiting for an overlapping run
+    kill_after: float = 5.0
+    on_overlap: str = SKIP
+    fail_open: bool = False
+    tail_bytes: int = 10 * 1024
+    capture_stdout: bool = False
+    heartbeat_seconds: float = config.DEFAULT_HEARTBEAT_SECONDS
+
+
+def wrap(command: Sequence[str], options: RunOptions, recorder: Recorder) -> int:
+    """Run `command` as a recorded run of `options.name`; return the wrapper's exit code.
+
+    Raises NotStarted (the database failed before the start), Overlap (another
+    run is live) or SpoolError (the result could be neither recorded nor spooled).
+    """
+    deadline = None if options.timeout is None else time.monotonic() + options.timeout
+    invocation = Invocation(
+        run_key=uuid.uuid4().hex, name=validate_name(options.name), source=options.source,
+        destination=options.destination, command=shlex.join(command),
+        host=socket.gethostname(), pid=os.getpid(), username=_username())
+    claim, claimed_at = _claim(invocation, options, recorder, deadline)
+    # A claimed run started at the claim, by the server's clock; an unclaimed one
+    # starts with the command, by this host's.
+    started_at = claimed_at if claim else time.monotonic()
+    started_here = datetime.now(timezone.utc)
+    outcome = supervise(
+        command, env=child_environment(os.environ, recorder.database, options.name, claim),
+        # What waiting for an overlapping run took counts; connecting does not.
+        timeout=None if deadline is None else max(0.0, deadline - claimed_at),
+        kill_after=options.kill_after, tail_bytes=options.tail_bytes,
+        capture_stdout=options.capture_stdout,
+        heartbeat=recorder.heartbeat if claim else None,
+        heartbeat_interval=options.heartbeat_seconds)
+    if not outcome.succeeded:
+        # A timeout, a signal or a missing command leaves no trace on stderr otherwise.
+        run = f"run {claim.run.id} of {options.name!r}" if claim else repr(options.name)
+        recorder.tell(f"{run} failed: {outcome.description}")
+    recorder.record(RunResult(
+        invocation=invocation,
+        run_id=claim.run.id if claim else None,
+        start_date=claim.run.start_date if claim else started_here,
+        elapsed=time.monotonic() - started_at,
+        status=SUCCESS if outcome.succeeded else ERROR,
+        exit_code=outcome.exit_code,
+        headline=outcome.description,
+        output=tail_text(outcome.tail),
+        note=None if claim else (f"times from the clock of {invocation.host}: the database "
+                                 "could not be reached when the run started")))
+    return outcome.exit_code
+
+
+def _claim(invocation: Invocation, options: RunOptions, recorder: Recorder,
+           deadline: float | None) -> tuple[Claim | None, float]:
+    """The claimed run (None: an unclaimed --fail-open run) and the monotonic time of the claim."""
+    waiting = False
+    while True:
+        claimed_at = time.monotonic()
+        try:
+            claim = recorder.claim(
+                invocation, lease_seconds=LEASE_HEARTBEATS * options.heartbeat_seconds,
+                allow_overlap=options.on_overlap == ALLOW)
+        except DatabaseError as error:
+            if not options.fail_open:
+                raise NotStarted(f"{error}; {options.name!r} not run "
+                                 "(--fail-open would run it anyway)") from None
+            recorder.tell(f"{error}; running {options.name!r} anyway (--fail-open), "
+                          "to be recorded when the database is back")
+            return None, claimed_at
+        if claim.run is not None:
+            return claim, claimed_at
+        blocking = claim.blocking
+        assert blocking is not None
+        busy = (f"{options.name!r} is already running (run {blocking.id}, pid {blocking.pid} "
+                f"on {blocking.host}, since {iso_seconds(int(blocking.start_date.timestamp()))})")
+        if options.on_overlap != WAIT:
+            raise Overlap(f"{busy}; skipped")
+        if not waiting:
+            recorder.tell(f"{busy}; waiting for it to end")
+            waiting = True
+        remaining = math.inf if deadline is None else deadline - time.monotonic()
+        if remaining <= 0:
+            raise Overlap(f"{busy}, and --timeout ran out while waiting; skipped")
+        time.sleep(min(WAIT_POLL_SECONDS, remaining))
+
+
+def child_environment(base: Mapping[str, str], database: Database, name: str,
+                      claim: Claim | None) -> dict[str, str]:
+    """The command's environment: the run, its watermark, and the way to the same database.
+
+    Nested `jobs-cli` calls (report, last-success) must reach the database the
+    wrapper used: its URL when one is configured; on the embedded default no
+    URL, and JOBS_HOME so they find the same embedded server. Unclaimed, the
+    run's variables are unset rather than empty, so a script under `set -u`
+    stops instead of mistaking "unknown" for "never succeeded".
+    """
+    env = dict(base)
+    env[config.ENV_NAME] = name
+    env[config.ENV_SCHEMA] = database.schema
+    env[config.ENV_HOME] = str(database.home)
+    if database.url:
+        env[config.ENV_DATABASE_URL] = database.url
+    else:
+        env.pop(config.ENV_DATABASE_URL, None)
+    run_variables = (config.ENV_ID, config.ENV_LAST_SUCCESS, config.ENV_LAST_SUCCESS_ISO)
+    if claim is None:
+        for variable in run_variables:
+            env.pop(variable, None)
+        return env
+    last = claim.last_success
+    env.update(zip(run_variables, (str(claim.run.id), "" if last is None else str(last),
+                                   "" if last is None else iso_seconds(last))))
+    return env
+
+
+def _username() -> str:
+    # The effective user, from the password database: LOGNAME and USER can say anything.
+    try:
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:
+        return str(os.geteuid())

@@ -1,0 +1,424 @@
+"""`run`, `report`, `reap` and `flush` as cron and shell scripts use them: real processes."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import signal
+import subprocess
+import time
+
+import psycopg
+import pytest
+from conftest import private_dir, wait_until
+
+from jobs_cli import spool
+from jobs_cli.schema import apply_schema
+from jobs_cli.server import EmbeddedServer
+
+# Waits until the test creates the file `go` in the working directory.
+WAIT_FOR_GO = "while [ ! -e go ]; do sleep 0.02; done"
+
+
+def rows(conn, columns: str = "status, exit_code, message") -> list[tuple]:
+    return conn.execute(f"SELECT {columns} FROM jobs ORDER BY id").fetchall()
+
+
+@pytest.fixture
+def spawn(cli_env, tmp_path):
+    """Start `jobs-cli ARGS...` in the background in tmp_path; killed at teardown if running."""
+    started = []
+
+    def start(*args: str, env: dict[str, str] | None = None, **popen) -> subprocess.Popen:
+        options = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, **popen}
+        started.append(subprocess.Popen(["jobs-cli", *args], env={**cli_env, **(env or {})},
+                                        cwd=tmp_path, **options))
+        return started[-1]
+
+    yield start
+    (tmp_path / "go").touch()
+    for process in started:
+        if process.poll() is None:
+            process.kill()
+        process.communicate(timeout=30)
+
+
+def one_line(stderr: str) -> str:
+    assert stderr.count("\n") == 1 and stderr.startswith("jobs-cli: "), stderr
+    return stderr
+
+
+# -- outcome -----------------------------------------------------------------------
+
+def test_success_and_failure_with_the_commands_exit_code(cli, conn):
+    ok = cli("run", "--name", "a", "--", "sh", "-c", "echo progress >&2")
+    assert (ok.returncode, ok.stdout, ok.stderr) == (0, "", "progress\n")
+    failed = cli("run", "--name", "a", "--", "sh", "-c", "echo bad row >&2; exit 3")
+    assert failed.returncode == 3
+    assert failed.stderr == "bad row\njobs-cli: run 2 of 'a' failed: exit code 3\n"
+    assert rows(conn) == [("success", 0, None), ("error", 3, "exit code 3\nbad row")]
+    host, pid, username, command = rows(conn, "host, pid, username, command")[0]
+    assert host and pid > 0 and username
+    assert command == "sh -c 'echo progress >&2'"
+
+
+@pytest.mark.parametrize("command, code, message", [
+    (["/nonexistent/etl.sh"], 127, "command not found: /nonexistent/etl.sh"),
+    (["{tmp}/etl.sh"], 126, "not executable: {tmp}/etl.sh"),
+    (["sh", "-c", "kill -KILL $$"], 137, "killed by SIGKILL"),
+])
+def test_commands_that_cannot_start_or_are_killed(cli, conn, tmp_path, command, code, message):
+    (tmp_path / "etl.sh").write_text("#!/bin/sh\n")  # not executable, even for root
+    message = message.format(tmp=tmp_path)
+    result = cli("run", "--name", "a", "--", *(part.format(tmp=tmp_path) for part in command))
+    assert result.returncode == code
+    assert result.stderr == f"jobs-cli: run 1 of 'a' failed: {message}\n"
+    assert rows(conn) == [("error", code, message)]
+
+
+# -- what the command is told ----------------------------------------------------------
+
+PRINT_ENV = ('printf "%s\\n" "$JOBS_ID" "$JOBS_NAME" "$JOBS_LAST_SUCCESS" "$JOBS_LAST_SUCCESS_ISO"'
+             ' "$JOBS_DATABASE_URL" "$JOBS_SCHEMA" "$JOBS_HOME"; jobs-cli last-success e;'
+             ' jobs-cli last-success e --iso; jobs-cli report --records 4')
+
+
+def test_the_command_gets_its_run_its_watermark_and_the_database(cli, conn, db_url, home):
+    assert cli("run", "--name", "e", "--", "true").returncode == 0
+    result = cli("run", "--name", "e", "--", "sh", "-c", PRINT_ENV)
+    assert result.returncode == 0, result.stderr
+    watermark, iso = conn.execute(
+        "SELECT floor(extract(epoch FROM start_date))::bigint,"
+        " to_char(start_date AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')"
+        " FROM jobs WHERE id = 1").fetchone()
+    assert result.stdout.splitlines() == [
+        "2", "e", str(watermark), iso, db_url, "public", str(home), str(watermark), iso]
+    assert rows(conn, "records_processed") == [(None,), (4,)]
+
+
+def test_a_database_given_as_an_option_reaches_the_command(cli_env, conn, db_url):
+    env = {key: value for key, value in cli_env.items() if key != "JOBS_DATABASE_URL"}
+    result = subprocess.run(
+        ["jobs-cli", "--database-url", db_url, "run", "--name", "e", "--",
+         "jobs-cli", "report", "--records", "1"], env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert rows(conn, "records_processed") == [(1,)]
+
+
+def test_nested_calls_reach_the_embedded_default_too(cli_env, home):
+    env = {key: value for key, value in cli_env.items() if key != "JOBS_DATABASE_URL"}
+    script = 'jobs-cli report --message "from inside"; jobs-cli last-success emb --default never'
+    outputs = [subprocess.run(["jobs-cli", "run", "--name", "emb", "--", "sh", "-c", script],
+                              env=env, capture_output=True, text=True) for _ in range(2)]
+    assert [result.stderr for result in outputs] == ["", ""]
+    with psycopg.connect(EmbeddedServer(home).conninfo()) as conn:
+        (first_start,), messages = conn.execute(
+            "SELECT floor(extract(epoch FROM start_date))::bigint FROM jobs WHERE id = 1"
+        ).fetchone(), rows(conn, "message")
+    assert [result.stdout for result in outputs] == ["never\n", f"{first_start}\n"]
+    assert messages == [("from inside",), ("from inside",)]
+
+
+def test_the_final_update_keeps_what_was_reported(cli, conn):
+    cli("run", "--name", "r", "--", "jobs-cli", "report", "--records", "5", "--message", "5 files")
+    cli("run", "--name", "r", "--", "sh", "-c",
+        "jobs-cli report --records 2 --message 'half done'; echo gave up >&2; exit 3")
+    assert rows(conn, "status, records_processed, message") == [
+        ("success", 5, "5 files"), ("error", 2, "exit code 3; half done\ngave up")]
+
+
+def test_report_outside_a_run_or_after_it_ended_is_refused(cli, conn):
+    outside = cli("report", "--records", "1")
+    assert outside.returncode == 2
+    assert one_line(outside.stderr).startswith("jobs-cli: JOBS_ID is not set")
+    assert cli("run", "--name", "r", "--", "true").returncode == 0
+    late = cli("report", "--records", "1", env={"JOBS_ID": "1"})
+    assert late.returncode == 1
+    assert one_line(late.stderr) == "jobs-cli: run 1 (r) has already ended: success\n"
+    empty = cli("report", env={"JOBS_ID": "1"})
+    assert empty.returncode == 2 and "nothing to report" in one_line(empty.stderr)
+    assert rows(conn, "records_processed") == [(None,)]
+
+
+# -- output ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("capture", [[], ["--capture-stdout"]])
+def test_stdout_is_byte_exact_through_a_pipe(sh, tmp_path, capture):
+    data = tmp_path / "data"
+    data.write_bytes(os.urandom(8 * 1024 * 1024) + b"\0\xff no newline")
+    result = sh(f"jobs-cli run --name p {' '.join(capture)} -- cat {data} | sha256sum")
+    assert result.stdout.split()[0] == hashlib.sha256(data.read_bytes()).hexdigest()
+
+
+def test_the_stderr_tail_survives_binary_and_nul_bytes(cli_env, conn):
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["jobs-cli", "run", "--name", "t", *args], env=cli_env,
+                              capture_output=True)
+
+    binary = run("--", "sh", "-c", r"printf 'a\000b\377c\n' >&2; exit 1")
+    assert binary.returncode == 1 and binary.stderr.startswith(b"a\0b\xffc\n")
+    run("--tail-bytes", "4", "--", "sh", "-c", "printf abcdefgh >&2")
+    assert rows(conn, "output") == [("a\ufffdb\ufffdc\n",), ("efgh",)]
+    assert rows(conn, "message")[0] == ("exit code 1\na\ufffdb\ufffdc",)
+
+
+def test_a_flood_of_stderr_leaves_the_wrapper_small(cli_env, conn, tmp_path):
+    def peak_kib(stderr_bytes: int) -> int:
+        peak = tmp_path / "peak"
+        subprocess.run(
+            ["jobs-cli", "run", "--name", "flood", "--", "sh", "-c",
+             f"head -c {stderr_bytes} /dev/zero >&2; grep VmHWM /proc/$PPID/status > {peak}"],
+            env=cli_env, stderr=subprocess.DEVNULL, check=True, timeout=60)
+        return int(peak.read_text().split()[1])
+
+    baseline = peak_kib(1000)
+    flooded = peak_kib(300 * 1024 * 1024)
+    assert flooded - baseline < 8 * 1024, (baseline, flooded)
+    assert rows(conn, "length(output)")[-1] == (10 * 1024,)
+
+
+# -- signals and time ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_signals_reach_the_command_and_are_recorded(spawn, conn, tmp_path, signum):
+    wrapper = spawn("run", "--name", "s", "--", "sh", "-c",
+                    "trap 'echo caught >&2; exit 9' INT TERM; touch ready;"
+                    " while :; do sleep 0.02; done")
+    wait_until(lambda: (tmp_path / "ready").exists(), what="the command to start")
+    wrapper.send_signal(signum)
+    _, stderr = wrapper.communicate(timeout=30)
+    name = signal.Signals(signum).name
+    assert wrapper.returncode == 128 + signum
+    assert "caught" in stderr.decode().splitlines()
+    status, exit_code, message = rows(conn)[0]
+    assert (status, exit_code) == ("error", 128 + signum)
+    assert message.startswith(f"interrupted by {name}\n") and message.endswith("\ncaught")
+
+
+def test_a_timeout_ends_the_command_with_124(cli, conn):
+    began = time.monotonic()
+    result = cli("run", "--name", "slow", "--timeout", "0.5s", "--kill-after", "1s",
+                 "--", "sleep", "30")
+    assert result.returncode == 124 and time.monotonic() - began < 10
+    assert rows(conn) == [("error", 124, "timed out after 0.5s")]
+
+
+@pytest.mark.parametrize("option, value, error", [
+    ("--timeout", "0", "jobs-cli: --timeout: must be more than 0, not '0'"),
+    ("--timeout", "-1m", "jobs-cli: --timeout: invalid duration '-1m'"),
+    ("--timeout", "soon", "jobs-cli: --timeout: invalid duration 'soon'"),
+    ("--kill-after", "1x", "jobs-cli: --kill-after: invalid duration '1x'"),
+])
+def test_bad_durations_are_usage_errors_and_nothing_runs(cli, conn, tmp_path, option, value,
+                                                         error):
+    result = cli("run", "--name", "a", option, value, "--", "touch", str(tmp_path / "ran"))
+    assert result.returncode == 2
+    assert one_line(result.stderr).startswith(error)
+    assert not (tmp_path / "ran").exists() and rows(conn) == []
+
+
+def test_a_bad_heartbeat_interval_is_a_usage_error(cli, conn):
+    result = cli("run", "--name", "a", "--", "true", env={"JOBS_HEARTBEAT_SECONDS": "often"})
+    assert result.returncode == 2
+    assert one_line(result.stderr).startswith(
+        "jobs-cli: JOBS_HEARTBEAT_SECONDS: invalid duration 'often'")
+    assert rows(conn) == []
+
+
+# -- overlap ---------------------------------------------------------------------------------
+
+def test_of_runs_started_at_once_one_runs_and_the_others_skip(spawn, conn, tmp_path):
+    racers = [spawn("run", "--name", "o", "--", "sh", "-c", f"touch ran$$; {WAIT_FOR_GO}")
+              for _ in range(4)]
+    def finished() -> list[subprocess.Popen]:
+        return [racer for racer in racers if racer.poll() is not None]
+
+    skipped = wait_until(lambda: len(finished()) == 3 and finished(), what="three to skip")
+    (tmp_path / "go").touch()
+    for racer in racers:
+        racer.communicate(timeout=30)
+    assert sorted(racer.returncode for racer in racers) == [0, 75, 75, 75]
+    for racer in skipped:
+        assert racer.returncode == 75
+    assert len(list(tmp_path.glob("ran*"))) == 1
+    assert rows(conn, "status") == [("success",)]
+
+
+def test_a_skip_is_one_line_and_no_row(spawn, cli, conn, tmp_path):
+    spawn("run", "--name", "o", "--", "sh", "-c", f"touch started; {WAIT_FOR_GO}")
+    wait_until(lambda: (tmp_path / "started").exists(), what="the first run")
+    second = cli("run", "--name", "o", "--", "touch", str(tmp_path / "second"))
+    assert second.returncode == 75
+    assert one_line(second.stderr).startswith("jobs-cli: 'o' is already running (run 1, pid ")
+    assert second.stderr.endswith("); skipped\n")
+    assert not (tmp_path / "second").exists()
+    assert rows(conn, "status") == [("in_progress",)]
+
+
+def test_wait_runs_after_the_live_run_and_allow_runs_alongside(spawn, cli, conn, tmp_path):
+    first = spawn("run", "--name", "o", "--", "sh", "-c", f"touch started; {WAIT_FOR_GO}")
+    wait_until(lambda: (tmp_path / "started").exists(), what="the first run")
+    assert cli("run", "--name", "o", "--on-overlap", "allow", "--", "true").returncode == 0
+    waiter_log = tmp_path / "waiter.err"
+    with waiter_log.open("wb") as log:
+        waiter = spawn("run", "--name", "o", "--on-overlap", "wait", "--", "true", stderr=log)
+    wait_until(lambda: b"waiting for it to end" in waiter_log.read_bytes(), what="the waiter")
+    (tmp_path / "go").touch()
+    first.communicate(timeout=30)
+    waiter.communicate(timeout=30)
+    assert (first.returncode, waiter.returncode) == (0, 0)
+    (_, first_end), _, (waited_start, _) = rows(conn, "start_date, end_date")
+    assert waited_start >= first_end
+
+
+def test_waiting_gives_up_when_the_timeout_runs_out(spawn, cli, conn, tmp_path):
+    spawn("run", "--name", "o", "--", "sh", "-c", f"touch started; {WAIT_FOR_GO}")
+    wait_until(lambda: (tmp_path / "started").exists(), what="the first run")
+    waited = cli("run", "--name", "o", "--on-overlap", "wait", "--timeout", "1s", "--", "true")
+    assert waited.returncode == 75
+    assert waited.stderr.endswith(", and --timeout ran out while waiting; skipped\n")
+    assert len(rows(conn)) == 1
+
+
+# -- dead runs -----------------------------------------------------------------------------
+
+def test_a_killed_wrapper_leaves_a_dead_run_that_reap_ends(spawn, cli, conn, tmp_path):
+    wrapper = spawn("run", "--name", "k", "--", "sh", "-c", "echo $$ > child; exec sleep 60",
+                    env={"JOBS_HEARTBEAT_SECONDS": "0.5"})
+    child = int(wait_until(lambda: (tmp_path / "child").exists()
+                           and (tmp_path / "child").read_text().strip(), what="the child"))
+    try:
+        wait_until(lambda: rows(conn, "heartbeat_at > start_date")[0][0], what="a heartbeat")
+        wrapper.kill()
+        killed_at = time.monotonic()
+        # Dead within 3 intervals of the last heartbeat, so within 1.5 s of the kill.
+        wait_until(lambda: rows(conn, "lease_until <= now()")[0][0], timeout=5,
+                   what="the run to be dead")
+        assert time.monotonic() - killed_at < 1.5 + 0.5
+        assert rows(conn, "status") == [("in_progress",)]
+        reaped = cli("reap")
+        assert (reaped.returncode, reaped.stdout, reaped.stderr) == (0, "1\n", "")
+        status, message = rows(conn, "status, message")[0]
+        assert status == "error" and message.startswith("abandoned: no heartbeat since ")
+        assert cli("run", "--name", "k", "--", "true").returncode == 0
+    finally:
+        os.killpg(child, signal.SIGKILL)
+
+
+def test_the_next_run_reaps_a_dead_run_by_itself(cli, conn):
+    cli("run", "--name", "k", "--", "true")
+    conn.execute("UPDATE jobs SET status = 'in_progress', end_date = NULL, exit_code = NULL,"
+                 " lease_until = now() - interval '1 second'")
+    result = cli("run", "--name", "k", "--", "true")
+    assert result.returncode == 0
+    assert result.stderr == "jobs-cli: run 1 of 'k' had lost its wrapper; marked abandoned\n"
+    assert [status for status, *_ in rows(conn)] == ["error", "success"]
+
+
+def test_reap_older_than_ends_old_unsupervised_runs_only(cli, conn):
+    cli("start", "manual")
+    cli("start", "recent")
+    assert cli("run", "--name", "k", "--", "true").returncode == 0
+    conn.execute("UPDATE jobs SET start_date = now() - interval '3 hours' WHERE name <> 'recent'")
+    assert cli("reap").stdout == ""
+    reaped = cli("reap", "--older-than", "2h")
+    assert (reaped.returncode, reaped.stdout) == (0, "1\n")
+    assert rows(conn, "name, status, message") == [
+        ("manual", "error", "abandoned: started without a wrapper (jobs-cli start) and still "
+                            "in progress after more than 2h"),
+        ("recent", "in_progress", None), ("k", "success", None)]
+
+
+# -- when the database fails -----------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def own_server():
+    """A server of this module's own, to stop and start."""
+    home = private_dir("jobs-cli-test-own-server-")
+    server = EmbeddedServer(home)
+    with psycopg.connect(server.ensure_running(), autocommit=True) as conn:
+        apply_schema(conn, "public")
+    yield server
+    server.stop()
+    shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.fixture
+def stoppable(own_server, cli_env):
+    """cli_env pointed at own_server, running and with an empty table."""
+    conninfo = own_server.ensure_running()
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        conn.execute("TRUNCATE jobs RESTART IDENTITY")
+    cli_env.update(JOBS_DATABASE_URL=conninfo, JOBS_RETRY_SECONDS="1",
+                   JOBS_HEARTBEAT_SECONDS="0.2")
+    return own_server
+
+
+def own_rows(server: EmbeddedServer, columns: str = "status, exit_code, message"):
+    with psycopg.connect(server.conninfo()) as conn:
+        return rows(conn, columns)
+
+
+def test_a_database_down_at_the_end_spools_and_flush_records_once(spawn, cli, stoppable,
+                                                                  tmp_path, home):
+    wrapper = spawn("run", "--name", "d", "--", "sh", "-c", f"{WAIT_FOR_GO}; echo bye >&2; exit 4")
+    wait_until(lambda: own_rows(stoppable), what="the run")
+    stoppable.stop()
+    ended_at = time.time()
+    (tmp_path / "go").touch()
+    _, stderr = wrapper.communicate(timeout=30)
+    assert wrapper.returncode == 4
+    lines = stderr.decode().splitlines()
+    assert lines[0] == "bye" and "jobs-cli: run 1 of 'd' failed: exit code 4" in lines
+    assert any(line.startswith("jobs-cli: cannot record run 1 ('d') yet") and
+               line.endswith("retrying for 1s") for line in lines)
+    assert lines[-1].startswith("jobs-cli: run 1 ('d') not recorded (cannot reach database")
+    assert lines[-1].endswith("`jobs-cli flush` records it")
+    assert len(spool.pending(home)) == 1
+
+    stoppable.ensure_running()
+    flushed = cli("flush")
+    assert (flushed.returncode, flushed.stdout, flushed.stderr) == (0, "1\n", "")
+    assert (cli("flush").stdout, spool.pending(home)) == ("", [])
+    assert own_rows(stoppable) == [("error", 4, "exit code 4\nbye")]
+    # Recorded when it ended, not when it was flushed.
+    end = own_rows(stoppable, "extract(epoch FROM end_date)")[0][0]
+    assert abs(float(end) - ended_at) < 2
+
+
+def test_heartbeats_reconnect_after_a_database_restart(spawn, stoppable, tmp_path, home):
+    wrapper = spawn("run", "--name", "d", "--", "sh", "-c", WAIT_FOR_GO)
+    wait_until(lambda: own_rows(stoppable), what="the run")
+    stoppable.stop()
+    with psycopg.connect(stoppable.ensure_running()) as conn:
+        restarted = conn.execute("SELECT now()").fetchone()[0]
+    wait_until(lambda: own_rows(stoppable, "heartbeat_at")[0][0] > restarted, timeout=10,
+               what="a heartbeat after the restart")
+    (tmp_path / "go").touch()
+    wrapper.communicate(timeout=30)
+    assert wrapper.returncode == 0
+    assert own_rows(stoppable, "status") == [("success",)] and spool.pending(home) == []
+
+
+def test_a_database_down_at_the_start_means_69_and_the_command_not_run(cli, stoppable,
+                                                                       tmp_path, home):
+    stoppable.stop()
+    result = cli("run", "--name", "d", "--", "touch", str(tmp_path / "ran"))
+    assert result.returncode == 69
+    assert one_line(result.stderr).startswith("jobs-cli: cannot reach database ")
+    assert result.stderr.endswith("; 'd' not run (--fail-open would run it anyway)\n")
+    assert not (tmp_path / "ran").exists() and spool.pending(home) == []
+
+
+def test_fail_open_runs_the_command_and_flush_records_it(cli, stoppable, tmp_path, home):
+    stoppable.stop()
+    result = cli("run", "--name", "d", "--fail-open", "--", "touch", str(tmp_path / "ran"))
+    assert result.returncode == 0 and (tmp_path / "ran").exists()
+    assert "running 'd' anyway (--fail-open)" in result.stderr
+    stoppable.ensure_running()
+    assert cli("flush").stdout == "1\n"
+    status, message = own_rows(stoppable, "status, message")[0]
+    assert status == "success"
+    assert message.startswith("times from the clock of ") and message.endswith(
+        ": the database could not be reached when the run started")

@@ -1,0 +1,229 @@
+"""list, show, status, check, metrics and watch as real subprocesses."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import pty
+import select
+import signal
+import subprocess
+import sys
+import time
+from datetime import timedelta, timezone
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from seeding import add_run
+
+from jobs_cli.monitor import RUN_VIEW_FIELDS
+
+UNREACHABLE = {"JOBS_DATABASE_URL": "host=/nonexistent/socket/dir port=1 dbname=jobs"}
+
+
+def one_line_error(result, code: int) -> None:
+    assert result.returncode == code, result
+    assert result.stdout == "" and len(result.stderr.splitlines()) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.fixture
+def history(conn):
+    add_run(conn, "orders_sync", ago=7200, took=60, records=10)
+    add_run(conn, "orders_sync", "error", ago=3600, took=5, message="source down\nretry later")
+    add_run(conn, "invoices", ago=600, took=30, records=3, output="tail\n", command="inv.sh",
+            host="etl1", pid=42)
+    add_run(conn, "invoices", "in_progress", ago=60, lease=60)
+
+
+def test_list_table_is_plain_when_piped(cli, history):
+    result = cli("list")
+    assert result.returncode == 0 and "\x1b" not in result.stdout
+    rows = [line.split()[:3] for line in result.stdout.splitlines()[2:]]
+    assert rows == [["4", "invoices", "▶"], ["3", "invoices", "✓"], ["2", "orders_sync", "✗"],
+                    ["1", "orders_sync", "✓"]]
+    assert "source down" in result.stdout and "retry later" not in result.stdout
+
+
+def test_list_json_and_csv_have_every_field(cli, history):
+    rows = json.loads(cli("list", "--json").stdout)
+    assert [(row["id"], row["state"]) for row in rows] == [
+        (4, "live"), (3, "success"), (2, "error"), (1, "success")]
+    assert all(tuple(row) == RUN_VIEW_FIELDS for row in rows)
+    assert rows[0]["start_date"].endswith("Z") and rows[2]["message"] == "source down\nretry later"
+    table = list(csv.DictReader(io.StringIO(cli("list", "--csv").stdout, newline="")))
+    assert [row["name"] for row in table] == [row["name"] for row in rows]
+    assert table[2]["message"] == "source down\nretry later" and table[0]["end_date"] == ""
+
+
+def test_list_filters(cli, history):
+    def ids(*options: str) -> list[int]:
+        result = cli("list", "--json", *options)
+        assert result.returncode == 0, result.stderr
+        return [row["id"] for row in json.loads(result.stdout)]
+
+    assert ids("--name", "orders_sync") == [2, 1]
+    assert ids("--name", "inv*") == [4, 3]
+    assert ids("--status", "error") == [2]
+    assert ids("--status", "in_progress") == [4]
+    assert ids("--since", "90m") == [4, 3, 2]
+    assert ids("--limit", "1") == [4]
+    assert ids("--name", "*s*", "--status", "success", "--limit", "1") == [3]
+
+
+@pytest.mark.parametrize("options", [("--since", "lately"), ("--name", "")])
+def test_list_bad_input_is_one_line(cli, options):
+    one_line_error(cli("list", *options), 2)
+
+
+def test_list_times_are_local_or_utc(cli, history, conn):
+    started = conn.execute("SELECT start_date FROM jobs WHERE id = 1").fetchone()[0]
+    kathmandu = {"TZ": "Asia/Kathmandu", "COLUMNS": "200"}  # UTC+05:45
+    local = cli("list", "--name", "orders_sync", "--status", "success", env=kathmandu).stdout
+    in_utc = cli("list", "--name", "orders_sync", "--status", "success", "--utc",
+                 env=kathmandu).stdout
+    assert started.astimezone(timezone(timedelta(hours=5, minutes=45))).strftime("%H:%M") in local
+    assert started.astimezone(timezone.utc).strftime("%H:%M") in in_utc and "Z (2h ago)" in in_utc
+
+
+def test_show(cli, history):
+    result = cli("show", "3")
+    assert result.returncode == 0
+    for text in ("invoices", "inv.sh", "etl1", "42", "30s", "output (tail):\ntail"):
+        assert text in result.stdout
+    assert json.loads(cli("show", "3", "--json").stdout)["output"] == "tail\n"
+    one_line_error(cli("show", "99"), 1)
+
+
+def test_status(cli, history):
+    result = cli("status", env={"COLUMNS": "160"})
+    lines = result.stdout.splitlines()
+    assert lines[0].split()[:3] == ["job", "last", "run"]
+    assert lines[2].startswith("orders_sync") and "last run failed 59m" in lines[2]
+    assert lines[3].startswith("invoices")
+    assert "▶ live 1m ago" in lines[3] and "1 live" in lines[3]
+    assert "✓✗" in lines[2]
+    summaries = json.loads(cli("status", "--json").stdout)
+    assert [s["name"] for s in summaries] == ["orders_sync", "invoices"]
+    assert summaries[0]["problems"][0].startswith("last run failed 59m")
+    assert summaries[1]["recent_states"] == ["live", "success"]
+
+
+def test_status_falls_back_to_ascii(cli, history):
+    result = cli("status", env={"PYTHONIOENCODING": "ascii", "COLUMNS": "160"})
+    assert result.returncode == 0 and "+x" in result.stdout
+
+
+@pytest.mark.parametrize("names, options, code, line", [
+    (["invoices"], ["--max-age", "1h"], 0, "OK - invoices: last success 9m"),
+    (["invoices"], ["--max-age", "1h", "--warn-age", "5m"], 1,
+     "WARNING - invoices: last success 9m"),
+    (["orders_sync"], ["--max-age", "1d"], 2, "CRITICAL - orders_sync: last run failed 59m"),
+    (["never"], ["--max-age", "1d"], 2, "CRITICAL - never: never succeeded"),
+    (["invoices"], ["--max-age", "5m"], 2, "CRITICAL - invoices: last success 9m"),
+    (["invoices", "orders_sync", "never"], ["--max-age", "1h"], 2,
+     "CRITICAL - orders_sync: last run failed 59m"),
+    (["invoices"], ["--max-age", "soon"], 3, "UNKNOWN - --max-age: invalid duration 'soon'"),
+    (["invoices"], ["--max-age", "1h", "--warn-age", "2h"], 3, "UNKNOWN - --warn-age (2h)"),
+    (["invoices"], [], 3, "UNKNOWN - Missing option '--max-age'"),
+    ([], ["--max-age", "1h"], 3, "UNKNOWN - Missing argument 'NAME...'"),
+])
+def test_check_outcomes(cli, history, names, options, code, line):
+    result = cli("check", *names, *options)
+    assert result.returncode == code, result
+    assert len(result.stdout.splitlines()) == 1 and result.stdout.startswith(line), result.stdout
+
+
+def test_check_several_names_mentions_each_problem(cli, history):
+    result = cli("check", "invoices", "orders_sync", "never", "--max-age", "1h")
+    assert result.stdout.count(": ") == 2 and "never: never succeeded" in result.stdout
+    assert "invoices" not in result.stdout
+
+
+def test_check_unknown_when_the_database_is_unreachable(cli):
+    result = cli("check", "a", "--max-age", "1h", env=UNREACHABLE)
+    assert result.returncode == 3 and result.stdout.startswith("UNKNOWN - cannot reach")
+    assert "Traceback" not in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("command", ["list", "show 1", "status", "metrics"])
+def test_views_unreachable_database_one_line(cli, command):
+    one_line_error(cli(*command.split(), env=UNREACHABLE), 1)
+
+
+def test_metrics_are_valid_exposition(cli, history):
+    result = cli("metrics")
+    families = {f.name: f for f in text_string_to_metric_families(result.stdout)}
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for family in families.values() for s in family.samples}
+    assert samples[("jobs_running", (("job", "invoices"),))] == 1
+    assert samples[("jobs_last_run_status", (("job", "orders_sync"), ("status", "error")))] == 1
+    assert samples[("jobs_runs_total", (("job", "orders_sync"), ("status", "error")))] == 1
+    assert samples[("jobs_last_success_records", (("job", "invoices"),))] == 3
+    assert ("jobs_last_success_timestamp_seconds", (("job", "orders_sync"),)) in samples
+
+
+def test_view_helps_do_not_import_psycopg_or_rich(cli_env):
+    code = ("import sys; from jobs_cli.cli import cli\n"
+            "for command in ('list', 'show', 'status', 'check', 'metrics', 'watch'):\n"
+            "    try:\n        cli([command, '--help'])\n    except SystemExit:\n        pass\n"
+            "print(sorted(m for m in ('psycopg', 'rich') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], env=cli_env, capture_output=True,
+                            text=True)
+    assert result.stdout.strip().endswith("[]")
+
+
+# -- watch under a pseudo-terminal ------------------------------------------------
+
+def read_until(fd: int, wanted: bytes, seen: bytearray, timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    while wanted not in seen:
+        remaining = deadline - time.monotonic()
+        assert remaining > 0, f"{wanted!r} not shown; screen so far: {bytes(seen)[-2000:]!r}"
+        if select.select([fd], [], [], remaining)[0]:
+            seen += os.read(fd, 65536)
+
+
+def read_to_end(fd: int, seen: bytearray) -> None:
+    while select.select([fd], [], [], 10)[0]:
+        try:
+            chunk = os.read(fd, 65536)
+        except OSError:  # EIO: the child has gone and the terminal with it
+            return
+        if not chunk:
+            return
+        seen += chunk
+
+
+def test_watch_redraws_on_change_and_quits_on_ctrl_c(cli_env, conn):
+    add_run(conn, "before_watch")
+    env = {**cli_env, "TERM": "xterm-256color", "COLUMNS": "120", "LINES": "40"}
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: jobs-cli on the pseudo-terminal
+        os.execvpe("jobs-cli", ["jobs-cli", "watch", "--interval", "1m"], env)
+    seen = bytearray()
+    try:
+        read_until(fd, b"before_watch", seen)
+        assert b"\x1b[" in seen  # a terminal: styled
+        began = time.monotonic()
+        add_run(conn, "after_watch", "in_progress", ago=1, lease=60)
+        read_until(fd, b"after_watch", seen)
+        assert time.monotonic() - began < 10  # the notification, not the 1 min poll
+        os.write(fd, b"\x03")  # Ctrl-C, through the terminal as a person sends it
+        read_to_end(fd, seen)
+        _, status = os.waitpid(pid, 0)
+        assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
+        assert b"Traceback" not in seen and b"Aborted" not in seen
+    finally:
+        try:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        except (ProcessLookupError, ChildProcessError):
+            pass
+        os.close(fd)
+
+
+def test_watch_bad_interval_is_one_line(cli):
+    one_line_error(cli("watch", "--interval", "often"), 2)
