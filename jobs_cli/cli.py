@@ -15,8 +15,11 @@ from typing import Iterator
 
 import click
 
-from . import config, monitor
-from .errors import EXIT_ERROR, EXIT_NO_SUCCESS, EXIT_NOT_RUNNING, InvalidInput, JobsError
+from . import config
+from .durations import parse_positive_duration
+from .errors import (EXIT_ERROR, EXIT_INTERRUPTED, EXIT_NO_SUCCESS, EXIT_NOT_RUNNING, InvalidInput,
+                     JobsError)
+from .states import STATUS_FILTERS
 
 
 class JobsGroup(click.Group):
@@ -41,6 +44,23 @@ class JobsGroup(click.Group):
             click.echo(f"jobs-cli: unexpected error: {type(exc).__name__}: {exc} "
                        f"(set {config.ENV_DEBUG}=1 for a traceback)", err=True)
             ctx.exit(EXIT_ERROR)
+
+
+class Duration(click.ParamType):
+    """90s, 15m, 2h, 1d, 1h30m: seconds as a float, more than zero."""
+
+    name = "duration"
+
+    def convert(self, value, param, ctx) -> float:
+        if isinstance(value, float):
+            return value
+        try:
+            return parse_positive_duration(value)
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+DURATION = Duration()
 
 
 @click.group(cls=JobsGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -205,11 +225,11 @@ view_json_option = click.option("--json", "as_json", is_flag=True,
 @cli.command("list")
 @click.option("--name", "pattern", metavar="PATTERN",
               help="Only this job; * and ? match any text and any one character.")
-@click.option("--status", type=click.Choice(monitor.STATUS_FILTERS),
+@click.option("--status", type=click.Choice(STATUS_FILTERS),
               help="Only runs in this state (in_progress: live, dead and running).")
 @click.option("--since", metavar="WHEN",
               help="Only runs started since WHEN: a duration ago (2h, 1d) or an ISO date/time.")
-@click.option("--limit", type=click.IntRange(min=1), default=monitor.DEFAULT_LIMIT,
+@click.option("--limit", type=click.IntRange(min=1), default=config.DEFAULT_LIMIT,
               show_default=True, metavar="N", help="At most N runs.")
 @click.option("--json", "output", flag_value="json", help="Print a JSON array, every field.")
 @click.option("--csv", "output", flag_value="csv", help="Print CSV with a header row.")
@@ -227,7 +247,7 @@ def list_command(ctx: click.Context, pattern: str | None, status: str | None,
       jobs-cli list --name 'orders_*' --status error --since 1d
       jobs-cli list --since 2024-05-01 --limit 1000 --csv > runs.csv
     """
-    from .monitor import list_runs, parse_since
+    from .monitor import RUN_VIEW_FIELDS, as_dicts, list_runs, parse_since
     from .render import emit_csv, emit_json, print_runs
     from .runs import validate_name
 
@@ -237,9 +257,9 @@ def list_command(ctx: click.Context, pattern: str | None, status: str | None,
         found = list_runs(conn, ctx.obj.schema, name=pattern, status=status,
                           since=parse_since(since) if since else None, limit=limit)
     if output == "json":
-        emit_json(monitor.as_dicts(found))
+        emit_json(as_dicts(found))
     elif output == "csv":
-        emit_csv(monitor.as_dicts(found), monitor.RUN_VIEW_FIELDS)
+        emit_csv(as_dicts(found), RUN_VIEW_FIELDS)
     else:
         print_runs(found, utc)
 
@@ -282,13 +302,13 @@ def status_command(ctx: click.Context, as_json: bool) -> None:
     Example:
       jobs-cli status
     """
-    from .monitor import job_summaries, problems_first
+    from .monitor import as_dicts, job_summaries, problems_first
     from .render import emit_json, print_status
 
     with connection(ctx) as conn:
         summaries = problems_first(job_summaries(conn, ctx.obj.schema))
     if as_json:
-        emit_json(monitor.as_dicts(summaries))
+        emit_json(as_dicts(summaries))
     else:
         print_status(summaries)
 
@@ -314,21 +334,22 @@ class MonitoringPluginCommand(click.Command):
 
     @staticmethod
     def unknown(message: str):
+        from .monitor import UNKNOWN
         from .render import unknown_line
 
         click.echo(unknown_line(message.strip().splitlines()[0]))
-        raise click.exceptions.Exit(monitor.UNKNOWN)
+        raise click.exceptions.Exit(UNKNOWN)
 
 
 @cli.command(cls=MonitoringPluginCommand)
 @click.argument("names", metavar="NAME...", nargs=-1, required=True)
-@click.option("--max-age", required=True, metavar="DURATION",
+@click.option("--max-age", "critical_after", required=True, type=DURATION, metavar="DURATION",
               help="CRITICAL when the last success ended longer ago than this.")
-@click.option("--warn-age", metavar="DURATION",
+@click.option("--warn-age", "warning_after", type=DURATION, metavar="DURATION",
               help="WARNING when the last success ended longer ago than this.")
 @click.pass_context
-def check(ctx: click.Context, names: tuple[str, ...], max_age: str,
-          warn_age: str | None) -> None:
+def check(ctx: click.Context, names: tuple[str, ...], critical_after: float,
+          warning_after: float | None) -> None:
     """Check jobs for a monitoring system (Nagios, Icinga...).
 
     Is each job NAME healthy?
@@ -342,11 +363,9 @@ def check(ctx: click.Context, names: tuple[str, ...], max_age: str,
     Example:
       jobs-cli check orders_sync invoices --max-age 2h --warn-age 90m
     """
-    from .monitor import check_jobs, parse_age
+    from .monitor import check_jobs
     from .render import check_line
 
-    critical_after = parse_age(max_age, "--max-age")
-    warning_after = parse_age(warn_age, "--warn-age") if warn_age else None
     with connection(ctx) as conn:
         verdicts = check_jobs(conn, ctx.obj.schema, list(names), critical_after, warning_after)
     click.echo(check_line(verdicts))
@@ -375,13 +394,13 @@ def metrics(ctx: click.Context) -> None:
 
 
 @cli.command()
-@click.option("--interval", default="2s", show_default=True, metavar="DURATION",
+@click.option("--interval", type=DURATION, default="2s", show_default=True, metavar="DURATION",
               help="Redraw at least this often (changes redraw at once).")
-@click.option("--limit", type=click.IntRange(min=1), default=monitor.DEFAULT_LIMIT,
+@click.option("--limit", type=click.IntRange(min=1), default=config.DEFAULT_LIMIT,
               show_default=True, metavar="N", help="At most N unfinished and N ended runs.")
 @utc_option
 @click.pass_context
-def watch(ctx: click.Context, interval: str, limit: int, utc: bool) -> None:
+def watch(ctx: click.Context, interval: float, limit: int, utc: bool) -> None:
     """Show unfinished and recent runs, redrawn as they change.
 
     Ctrl-C quits.
@@ -390,13 +409,12 @@ def watch(ctx: click.Context, interval: str, limit: int, utc: bool) -> None:
     Example:
       jobs-cli watch --interval 5s
     """
-    from .monitor import parse_age, snapshots
+    from .monitor import snapshots
     from .render import watch as draw
 
-    seconds = parse_age(interval, "--interval")
     try:
         with connection(ctx) as conn:
-            draw(snapshots(conn, ctx.obj.schema, limit, seconds), utc)
+            draw(snapshots(conn, ctx.obj.schema, limit, interval), utc)
     except KeyboardInterrupt:
         pass  # how a watch ends
 
@@ -409,7 +427,12 @@ def tell(message: str) -> None:
 
 def seconds_from_env(variable: str, default: float) -> float:
     text = os.environ.get(variable)
-    return monitor.parse_age(text, variable) if text else default
+    if not text:
+        return default
+    try:
+        return parse_positive_duration(text)
+    except ValueError as exc:
+        raise InvalidInput(f"{variable}: {exc}") from None
 
 
 def recorder_for(ctx: click.Context):
@@ -425,10 +448,10 @@ def recorder_for(ctx: click.Context):
               help="Where the job reads from [env JOBS_SOURCE; default empty].")
 @click.option("--destination", envvar=config.ENV_DESTINATION, default="",
               help="Where the job writes to [env JOBS_DESTINATION; default empty].")
-@click.option("--timeout", metavar="DURATION",
+@click.option("--timeout", type=DURATION, metavar="DURATION",
               help="SIGTERM the command after DURATION (90s, 15m, 2h), SIGKILL it --kill-after "
                    "later; exit 124. Time spent in --on-overlap wait counts.")
-@click.option("--kill-after", default="5s", show_default=True, metavar="DURATION",
+@click.option("--kill-after", type=DURATION, default="5s", show_default=True, metavar="DURATION",
               help="How long a timed-out command may take to end after SIGTERM.")
 @click.option("--on-overlap", type=click.Choice(("skip", "wait", "allow")), default="skip",
               show_default=True,
@@ -444,8 +467,8 @@ def recorder_for(ctx: click.Context):
               help="Keep stdout in that tail too (it then goes through a pipe).")
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 @click.pass_context
-def run(ctx: click.Context, name: str, source: str, destination: str, timeout: str | None,
-        kill_after: str, on_overlap: str, fail_open: bool, tail_bytes: int,
+def run(ctx: click.Context, name: str, source: str, destination: str, timeout: float | None,
+        kill_after: float, on_overlap: str, fail_open: bool, tail_bytes: int,
         capture_stdout: bool, command: tuple[str, ...]) -> None:
     """Run COMMAND as a recorded run of job NAME; exit with its exit code.
 
@@ -465,8 +488,7 @@ def run(ctx: click.Context, name: str, source: str, destination: str, timeout: s
 
     options = RunOptions(
         name=name, source=source, destination=destination,
-        timeout=monitor.parse_age(timeout, "--timeout") if timeout is not None else None,
-        kill_after=monitor.parse_age(kill_after, "--kill-after"), on_overlap=on_overlap,
+        timeout=timeout, kill_after=kill_after, on_overlap=on_overlap,
         fail_open=fail_open, tail_bytes=tail_bytes, capture_stdout=capture_stdout,
         heartbeat_seconds=seconds_from_env(config.ENV_HEARTBEAT_SECONDS,
                                            config.DEFAULT_HEARTBEAT_SECONDS))
@@ -504,11 +526,11 @@ def report(ctx: click.Context, records: int | None, message: str | None) -> None
 
 
 @cli.command()
-@click.option("--older-than", metavar="DURATION",
+@click.option("--older-than", type=DURATION, metavar="DURATION",
               help="Also reap runs started by `jobs-cli start` (no wrapper, no heartbeat) "
                    "still in progress after DURATION.")
 @click.pass_context
-def reap(ctx: click.Context, older_than: str | None) -> None:
+def reap(ctx: click.Context, older_than: float | None) -> None:
     """Mark runs whose wrapper died as error "abandoned: …"; print their ids.
 
     A run of `jobs-cli run` is dead when its heartbeats stopped for three
@@ -522,9 +544,8 @@ def reap(ctx: click.Context, older_than: str | None) -> None:
     """
     from .runs import reap_runs
 
-    age = monitor.parse_age(older_than, "--older-than") if older_than is not None else None
     with connection(ctx) as conn:
-        reaped = reap_runs(conn, ctx.obj.schema, unsupervised_older_than=age)
+        reaped = reap_runs(conn, ctx.obj.schema, unsupervised_older_than=older_than)
     for abandoned in reaped:
         click.echo(abandoned.id)
 
@@ -616,4 +637,17 @@ def server_stop(ctx: click.Context) -> None:
 
 
 def main() -> None:
-    cli(prog_name="jobs-cli")
+    """Entry point: every failure, click's own included, is one line on stderr."""
+    try:
+        exit_code = cli.main(prog_name="jobs-cli", standalone_mode=False)
+    except click.UsageError as exc:
+        where = f" (see '{exc.ctx.command_path} --help')" if exc.ctx else ""
+        click.echo(f"jobs-cli: {exc.format_message()}{where}", err=True)
+        exit_code = exc.exit_code
+    except click.ClickException as exc:
+        click.echo(f"jobs-cli: {exc.format_message()}", err=True)
+        exit_code = exc.exit_code
+    except click.Abort:
+        click.echo("jobs-cli: interrupted", err=True)
+        exit_code = EXIT_INTERRUPTED
+    sys.exit(exit_code if isinstance(exit_code, int) else 0)

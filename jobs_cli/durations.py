@@ -35,6 +35,14 @@ def parse_duration(text: str) -> float:
     return seconds
 
 
+def parse_positive_duration(text: str) -> float:
+    """parse_duration for lengths that must be more than zero (timeouts, ages, intervals)."""
+    seconds = parse_duration(text)
+    if seconds <= 0:
+        raise ValueError(f"duration must be more than 0, not {text!r}")
+    return seconds
+
+
 def _invalid(text: str) -> ValueError:
     return ValueError(
         f"invalid duration {text!r}: use a number with s, m, h or d, e.g. 90s, 15m, 2h")

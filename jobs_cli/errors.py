@@ -1,7 +1,8 @@
 """Errors that end a command, each carrying the exit code the CLI reports.
 
 The library layer raises these; the Click layer turns them into one line on
-stderr and an exit code at a single boundary (`cli.JobsGroup.invoke`).
+stderr and an exit code at a single boundary (`cli.JobsGroup.invoke`; click's
+own usage errors in `cli.main`).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ EXIT_ERROR = 1
 EXIT_USAGE = 2
 EXIT_NO_SUCCESS = 3
 EXIT_NOT_RUNNING = 3  # `server status`, as `pg_ctl status`
+EXIT_INTERRUPTED = 130  # Ctrl-C, as a shell reports it
 # `jobs-cli run`, after sysexits.h: the command was not run, or its result is nowhere.
 EXIT_UNAVAILABLE = 69
 EXIT_IOERR = 74

@@ -29,6 +29,8 @@ from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, Iterator, TypeVar
 
 from . import runs
+from .config import DEFAULT_LIMIT
+from .states import DEAD, LIVE, RUNNING, STATES, STATUS_FILTERS
 from .durations import format_duration, parse_duration
 from .errors import InvalidInput, NotFound
 
@@ -37,15 +39,6 @@ if TYPE_CHECKING:
 
 Row = TypeVar("Row")
 
-# States: an ended run's status, or the liveness of an in_progress one.
-LIVE = "live"
-DEAD = "dead"
-RUNNING = "running"
-STATES = (runs.SUCCESS, runs.ERROR, LIVE, DEAD, RUNNING)
-# What `list --status` accepts: a state, or in_progress for all three kinds.
-STATUS_FILTERS = (*STATES, runs.IN_PROGRESS)
-
-DEFAULT_LIMIT = 20
 # How many of a job's newest runs the success rate, median and outcome strip cover.
 RECENT_RUNS = 20
 # A job is overdue when its last start is this many usual intervals ago.
@@ -369,17 +362,6 @@ def ago(seconds: float | None) -> str:
 
 
 # -- input --------------------------------------------------------------------
-
-def parse_age(text: str, option: str) -> float:
-    """Seconds in a duration option; InvalidInput with the option's name when malformed."""
-    try:
-        seconds = parse_duration(text)
-    except ValueError as exc:
-        raise InvalidInput(f"{option}: {exc}") from None
-    if seconds <= 0:
-        raise InvalidInput(f"{option}: must be more than 0, not {text!r}")
-    return seconds
-
 
 def parse_since(text: str) -> datetime | timedelta:
     """A duration ago ("2h") as a timedelta for the server to subtract from its now(),

@@ -16,15 +16,12 @@ from functools import cache
 from typing import TYPE_CHECKING, Any
 
 from .errors import InvalidInput, NoSuccess, NotFound, Refused
+from .states import ENDED, ERROR, IN_PROGRESS, SUCCESS  # noqa: F401  (runs.SUCCESS etc. for callers)
 
 if TYPE_CHECKING:
     import psycopg
     from psycopg import sql
 
-IN_PROGRESS = "in_progress"
-SUCCESS = "success"
-ERROR = "error"
-ENDED = (SUCCESS, ERROR)
 MAX_RECORDS = 2**31 - 1  # records_processed is an integer column
 
 

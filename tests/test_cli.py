@@ -75,7 +75,7 @@ def test_ending_twice_is_refused_and_changes_nothing(cli, conn):
 def test_bad_records_are_usage_errors(cli, conn, records):
     cli("start", "a")
     result = cli("finish", "1", "--records", records)
-    assert result.returncode == 2
+    assert result.returncode == 2 and result.stderr.count("\n") == 1
     assert conn.execute("SELECT status FROM jobs").fetchone() == ("in_progress",)
 
 
@@ -138,9 +138,13 @@ def test_pg_environment_is_not_read(cli, cli_env):
     assert cli("start", "a", env=env).returncode == 0
 
 
-def test_usage_error_exit_2(cli):
-    assert cli("finish").returncode == 2
-    assert cli("no-such-command").returncode == 2
+@pytest.mark.parametrize("args", [["finish"], ["no-such-command"], ["start"],
+                                  ["list", "--limit", "0"], ["start", "a", "--bogus"]])
+def test_usage_errors_are_one_line_exit_2(cli, args):
+    result = cli(*args)
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("jobs-cli: ")
+    assert "--help" in result.stderr
 
 
 def all_commands(group=None, prefix=()):

@@ -205,10 +205,10 @@ def test_a_timeout_ends_the_command_with_124(cli, conn):
 
 
 @pytest.mark.parametrize("option, value, error", [
-    ("--timeout", "0", "jobs-cli: --timeout: must be more than 0, not '0'"),
-    ("--timeout", "-1m", "jobs-cli: --timeout: invalid duration '-1m'"),
-    ("--timeout", "soon", "jobs-cli: --timeout: invalid duration 'soon'"),
-    ("--kill-after", "1x", "jobs-cli: --kill-after: invalid duration '1x'"),
+    ("--timeout", "0", "jobs-cli: Invalid value for '--timeout': duration must be more than 0, not '0'"),
+    ("--timeout", "-1m", "jobs-cli: Invalid value for '--timeout': invalid duration '-1m'"),
+    ("--timeout", "soon", "jobs-cli: Invalid value for '--timeout': invalid duration 'soon'"),
+    ("--kill-after", "1x", "jobs-cli: Invalid value for '--kill-after': invalid duration '1x'"),
 ])
 def test_bad_durations_are_usage_errors_and_nothing_runs(cli, conn, tmp_path, option, value,
                                                          error):

@@ -125,7 +125,7 @@ def test_status_falls_back_to_ascii(cli, history):
     (["invoices"], ["--max-age", "5m"], 2, "CRITICAL - invoices: last success 9m"),
     (["invoices", "orders_sync", "never"], ["--max-age", "1h"], 2,
      "CRITICAL - orders_sync: last run failed 59m"),
-    (["invoices"], ["--max-age", "soon"], 3, "UNKNOWN - --max-age: invalid duration 'soon'"),
+    (["invoices"], ["--max-age", "soon"], 3, "UNKNOWN - Invalid value for '--max-age': invalid duration 'soon'"),
     (["invoices"], ["--max-age", "1h", "--warn-age", "2h"], 3, "UNKNOWN - --warn-age (2h)"),
     (["invoices"], [], 3, "UNKNOWN - Missing option '--max-age'"),
     ([], ["--max-age", "1h"], 3, "UNKNOWN - Missing argument 'NAME...'"),

@@ -1,6 +1,6 @@
 import pytest
 
-from jobs_cli.durations import format_duration, parse_duration
+from jobs_cli.durations import format_duration, parse_duration, parse_positive_duration
 
 
 @pytest.mark.parametrize("text, seconds", [
@@ -63,3 +63,10 @@ def test_format_duration(seconds, text):
 def test_format_output_parses_back(seconds):
     assert parse_duration(format_duration(seconds)) <= seconds + 0.05
     assert parse_duration(format_duration(seconds)) > seconds * 0.95
+
+
+def test_positive_durations():
+    assert parse_positive_duration("1h30m") == 5400
+    for bad in ("0", "0s", "soon", "-1h"):
+        with pytest.raises(ValueError):
+            parse_positive_duration(bad)
