@@ -22,7 +22,15 @@ CREATE TABLE IF NOT EXISTS jobs (
 );
 
 -- The original set start_date from the client clock; ours comes from the server.
-ALTER TABLE jobs ALTER COLUMN start_date SET DEFAULT now();
+-- An adopted table's own default, if it has one, is left alone.
+DO $$
+BEGIN
+    IF NOT (SELECT atthasdef FROM pg_attribute
+            WHERE attrelid = 'jobs'::regclass AND attname = 'start_date') THEN
+        ALTER TABLE jobs ALTER COLUMN start_date SET DEFAULT now();
+    END IF;
+END
+$$;
 
 -- Recorded by `jobs-cli run` (all nullable: rows from `start` and adopted rows
 -- have none of them).
@@ -58,11 +66,11 @@ BEGIN
         SELECT count(*) INTO broken FROM jobs WHERE status IS NULL;
         IF broken = 0 THEN
             ALTER TABLE jobs ALTER COLUMN status SET NOT NULL;
-            ALTER TABLE jobs DROP CONSTRAINT IF EXISTS jobs_status_not_null;
+            ALTER TABLE jobs DROP CONSTRAINT IF EXISTS jobs_status_present;
         ELSE
             IF NOT EXISTS (SELECT 1 FROM pg_constraint
-                           WHERE conrelid = 'jobs'::regclass AND conname = 'jobs_status_not_null') THEN
-                ALTER TABLE jobs ADD CONSTRAINT jobs_status_not_null CHECK (status IS NOT NULL) NOT VALID;
+                           WHERE conrelid = 'jobs'::regclass AND conname = 'jobs_status_present') THEN
+                ALTER TABLE jobs ADD CONSTRAINT jobs_status_present CHECK (status IS NOT NULL) NOT VALID;
             END IF;
             RAISE WARNING '% existing row(s) have no status; kept as they are, new rows must have one', broken;
         END IF;
@@ -150,7 +158,14 @@ BEGIN
     RETURN NULL;
 END
 $$;
-DROP TRIGGER IF EXISTS jobs_notify_change ON jobs;
-CREATE TRIGGER jobs_notify_change
-    AFTER INSERT OR DELETE OR UPDATE OF status, end_date, message, records_processed, output
-    ON jobs FOR EACH STATEMENT EXECUTE FUNCTION jobs_notify_change();
+-- Created once: replacing it at every init would lock a shared table for nothing.
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_trigger
+                   WHERE tgrelid = 'jobs'::regclass AND tgname = 'jobs_notify_change') THEN
+        CREATE TRIGGER jobs_notify_change
+            AFTER INSERT OR DELETE OR UPDATE OF status, end_date, message, records_processed, output
+            ON jobs FOR EACH STATEMENT EXECUTE FUNCTION jobs_notify_change();
+    END IF;
+END
+$$;

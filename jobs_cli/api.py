@@ -21,6 +21,7 @@ server), so a long job holds no idle connection open.
 from __future__ import annotations
 
 import os
+import warnings
 from contextlib import contextmanager
 from typing import Any, Iterator
 
@@ -80,7 +81,12 @@ class Job:
         try:
             yield self
         except BaseException as exc:
-            self.result(runs.ERROR, message=str(exc) or type(exc).__name__,
-                        records_processed=self.records_processed)
+            try:
+                self.result(runs.ERROR, message=str(exc) or type(exc).__name__,
+                            records_processed=self.records_processed)
+            except JobsError as failure:
+                # The caller's exception matters more than our bookkeeping.
+                warnings.warn(f"jobs-cli: could not record the error of {self.name!r}: {failure}",
+                              RuntimeWarning, stacklevel=3)
             raise
         self.result(runs.SUCCESS, records_processed=self.records_processed)

@@ -61,6 +61,14 @@ class Duration(click.ParamType):
 
 
 DURATION = Duration()
+# records_processed is an integer column (runs.MAX_RECORDS).
+RECORDS = click.IntRange(0, 2**31 - 1)
+
+source_option = click.option("--source", envvar=config.ENV_SOURCE, default="",
+                             help="Where the job reads from [env JOBS_SOURCE; default empty].")
+destination_option = click.option(
+    "--destination", envvar=config.ENV_DESTINATION, default="",
+    help="Where the job writes to [env JOBS_DESTINATION; default empty].")
 
 
 @click.group(cls=JobsGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -128,10 +136,8 @@ def init(ctx: click.Context) -> None:
 
 @cli.command()
 @click.argument("name")
-@click.option("--source", envvar=config.ENV_SOURCE, default="", show_default=False,
-              help="Where the job reads from [env JOBS_SOURCE; default empty].")
-@click.option("--destination", envvar=config.ENV_DESTINATION, default="",
-              help="Where the job writes to [env JOBS_DESTINATION; default empty].")
+@source_option
+@destination_option
 @click.option("--message", help="A note stored with the run.")
 @click.option("--json", "as_json", is_flag=True, help="Print the run as a JSON object.")
 @click.pass_context
@@ -152,7 +158,7 @@ def start(ctx: click.Context, name: str, source: str, destination: str,
 
 
 def end_command(status: str, example: str):
-    records = click.option("--records", type=click.IntRange(0, 2**31 - 1), metavar="N",
+    records = click.option("--records", type=RECORDS, metavar="N",
                            help="Number of records processed.")
     message = click.option("--message", help="A note stored with the run.")
     as_json = click.option("--json", "as_json", is_flag=True,
@@ -185,8 +191,9 @@ cli.command("fail")(end_command("error", 'jobs-cli fail "$id" --message "source 
 
 @cli.command("last-success")
 @click.argument("name")
-@click.option("--default", "default", metavar="N",
-              help="Print N and exit 0 when the job never succeeded (else exit 3, no output).")
+@click.option("--default", "default", type=int, metavar="N",
+              help="When the job never succeeded, answer N (unix seconds) and exit 0 "
+                   "(else exit 3, no output).")
 @click.option("--iso", is_flag=True, help="Print ISO-8601 UTC instead of unix seconds.")
 @click.pass_context
 def last_success(ctx: click.Context, name: str, default: str | None, iso: bool) -> None:
@@ -208,11 +215,8 @@ def last_success(ctx: click.Context, name: str, default: str | None, iso: bool) 
     if started is None:
         if default is None:
             ctx.exit(EXIT_NO_SUCCESS)
-        click.echo(default)
-    elif iso:
-        click.echo(iso_seconds(started))
-    else:
-        click.echo(started)
+        started = default
+    click.echo(iso_seconds(started) if iso else started)
 
 
 # -- views --------------------------------------------------------------------
@@ -444,10 +448,8 @@ def recorder_for(ctx: click.Context):
 
 @cli.command(context_settings={"allow_interspersed_args": False})
 @click.option("--name", required=True, metavar="NAME", help="The job's name, as for `start`.")
-@click.option("--source", envvar=config.ENV_SOURCE, default="",
-              help="Where the job reads from [env JOBS_SOURCE; default empty].")
-@click.option("--destination", envvar=config.ENV_DESTINATION, default="",
-              help="Where the job writes to [env JOBS_DESTINATION; default empty].")
+@source_option
+@destination_option
 @click.option("--timeout", type=DURATION, metavar="DURATION",
               help="SIGTERM the command after DURATION (90s, 15m, 2h), SIGKILL it --kill-after "
                    "later; exit 124. Time spent in --on-overlap wait counts.")
@@ -498,7 +500,7 @@ def run(ctx: click.Context, name: str, source: str, destination: str, timeout: f
 
 
 @cli.command()
-@click.option("--records", type=click.IntRange(0, 2**31 - 1), metavar="N",
+@click.option("--records", type=RECORDS, metavar="N",
               help="Number of records processed so far.")
 @click.option("--message", help="A note stored with the run (kept when it succeeds).")
 @click.pass_context
@@ -578,7 +580,12 @@ def flush(ctx: click.Context) -> None:
 
 @cli.group()
 def server() -> None:
-    """The embedded PostgreSQL server used when no database is configured."""
+    """The embedded PostgreSQL server used when no database is configured.
+
+    \b
+    Example:
+      jobs-cli server status
+    """
 
 
 @server.command("status")
@@ -638,6 +645,7 @@ def server_stop(ctx: click.Context) -> None:
 
 def main() -> None:
     """Entry point: every failure, click's own included, is one line on stderr."""
+    config.set_aside_libpq_environment()
     try:
         exit_code = cli.main(prog_name="jobs-cli", standalone_mode=False)
     except click.UsageError as exc:

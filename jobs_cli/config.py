@@ -34,6 +34,27 @@ DEFAULT_RETRY_SECONDS = 60.0
 ROOT_HOME = Path("/var/lib/jobs-cli")
 
 
+# PG* variables set aside by the CLI (see set_aside_libpq_environment).
+_caller_libpq_environment: dict[str, str] = {}
+
+
+def set_aside_libpq_environment() -> None:
+    """Take the PG* variables out of this process's environment.
+
+    libpq fills whatever a connection string leaves out from PGHOST, PGUSER,
+    PGPASSWORD, PGOPTIONS and the like; in an ETL environment those describe
+    the source database. The CLI sets them aside before it connects, and
+    `jobs-cli run` gives them back to the command it runs.
+    """
+    for key in [key for key in os.environ if key.startswith("PG")]:
+        _caller_libpq_environment[key] = os.environ.pop(key)
+
+
+def caller_environment() -> dict[str, str]:
+    """The environment this process was started with, PG* variables included."""
+    return {**os.environ, **_caller_libpq_environment}
+
+
 def default_home() -> Path:
     """Where the embedded server and the spool live when JOBS_HOME is unset."""
     if os.geteuid() == 0:

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
 from . import config
-from .errors import DatabaseError, DatabaseUnavailable, JobsError
+from .errors import DatabaseError, DatabaseUnavailable
 
 if TYPE_CHECKING:
     import psycopg
@@ -42,12 +42,17 @@ class Database:
         return not self.url
 
 
-def describe(conninfo: str) -> str:
-    """'database "x" on host "y"' for messages; never includes the password."""
+def conninfo_params(conninfo: str) -> dict[str, str]:
+    """The parameters of a libpq URL or key=value string; psycopg.ProgrammingError if malformed."""
     from psycopg.conninfo import conninfo_to_dict
 
+    return conninfo_to_dict(conninfo)
+
+
+def describe(conninfo: str) -> str:
+    """'database "x" on host "y"' for messages; never includes the password."""
     try:
-        params = conninfo_to_dict(conninfo)
+        params = conninfo_params(conninfo)
     except Exception:
         return "the configured database"
     host = params.get("host") or params.get("hostaddr") or "localhost"
@@ -80,19 +85,29 @@ def translated_errors(database: Database) -> Iterator[None]:
     try:
         yield
     except psycopg.OperationalError as exc:
-        raise DatabaseUnavailable(f"cannot reach {where(database)}: {first_line(exc)}") from None
+        raise DatabaseUnavailable(
+            f"cannot reach {where(database)}: {redacted(first_line(exc), database)}") from None
     except (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedColumn,
             psycopg.errors.InvalidSchemaName, psycopg.errors.UndefinedFunction) as exc:
         raise DatabaseError(f"{first_line(exc)}: the jobs table in schema {database.schema!r} "
                             "is missing or older than this jobs-cli; run `jobs-cli init`") from None
     except psycopg.Error as exc:
-        raise DatabaseError(first_line(exc)) from None
+        raise DatabaseError(redacted(first_line(exc), database)) from None
 
 
 def where(database: Database) -> str:
     if database.embedded:
         return f"the embedded server in {database.home}"
     return describe(database.url)
+
+
+def redacted(message: str, database: Database) -> str:
+    """The message with the URL's password masked, should the driver ever quote it."""
+    try:
+        password = conninfo_params(database.url).get("password") if database.url else None
+    except Exception:
+        password = None
+    return message.replace(password, "***") if password else message
 
 
 def first_line(exc: BaseException) -> str:
@@ -103,8 +118,21 @@ def first_line(exc: BaseException) -> str:
 def _open(conninfo: str, **options: object) -> "psycopg.Connection":
     import psycopg
 
+    try:
+        conninfo_params(conninfo)
+    except psycopg.ProgrammingError:
+        # libpq's parse errors quote the whole string, password and all.
+        raise DatabaseUnavailable("the database URL cannot be parsed (not shown: it may "
+                                  "hold a password); see JOBS_DATABASE_URL / --database-url") from None
     options.setdefault("connect_timeout", CONNECT_TIMEOUT_SECONDS)
-    return psycopg.connect(conninfo, autocommit=True, **options)
+    conn = psycopg.connect(conninfo, autocommit=True, **options)
+    # Explicit, because the overlap check relies on it: a server or role whose
+    # default is REPEATABLE READ would take the claim's snapshot before its lock.
+    conn.isolation_level = psycopg.IsolationLevel.READ_COMMITTED
+    # Through PgBouncer in transaction mode a prepared statement may be missing
+    # on the next server connection; nothing here runs often enough to gain.
+    conn.prepare_threshold = None
+    return conn
 
 
 def _connect_embedded(database: Database, **options: object) -> "psycopg.Connection":
@@ -148,4 +176,4 @@ def _ensure_schema(conn: "psycopg.Connection", database: Database) -> None:
     try:
         marker.write_text(digest)
     except OSError as exc:
-        raise JobsError(f"cannot write {marker}: {exc.strerror}") from None
+        raise DatabaseError(f"cannot write {marker}: {exc.strerror}") from None

@@ -53,8 +53,12 @@ class DatabaseUnavailable(DatabaseError):
     """Could not connect to the database, or lost the connection."""
 
 
-class ServerError(JobsError):
-    """The embedded PostgreSQL server could not be created, started or stopped."""
+class ServerError(DatabaseUnavailable):
+    """The embedded PostgreSQL server could not be created, started or stopped.
+
+    For a caller it is the database being unavailable: `run` does not start
+    its command (or spools its result), as for an unreachable server.
+    """
 
 
 class NotStarted(JobsError):

@@ -63,7 +63,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from . import runs, spool
-from .db import Database, open_connection, translated_errors, where
+from .db import Database, conninfo_params, open_connection, translated_errors, where
 from .durations import format_duration
 from .errors import DatabaseError, DatabaseUnavailable, JobsError, Refused, SpoolError
 from .supervise import FORWARDED_SIGNALS
@@ -167,7 +167,7 @@ class Recorder:
         return None
 
     def replay(self) -> Replayed:
-        """Record the spooled results meant for this database; raises DatabaseError."""
+        """Record the spooled results meant for this database; raises DatabaseUnavailable."""
         replayed = Replayed()
         target = self.spool_target()
         for path in spool.pending(self.database.home):
@@ -181,8 +181,16 @@ class Recorder:
                 self.tell(str(error))
                 replayed.failed += 1
                 continue
-            with translated_errors(self.database):
-                run = self._record_once(result)
+            try:
+                with translated_errors(self.database):
+                    run = self._record_once(result)
+            except DatabaseUnavailable:
+                raise  # the rest cannot be recorded either
+            except DatabaseError as error:
+                # This entry only (e.g. a constraint it breaks): keep it, go on.
+                self.tell(f"cannot record spooled result {path}: {error}")
+                replayed.failed += 1
+                continue
             spool.discard(path)
             if run is not None:
                 replayed.recorded.append(run)
@@ -203,10 +211,8 @@ class Recorder:
         """Which database and schema a spooled result belongs to; never the password."""
         if self.database.embedded:
             return f"{where(self.database)}, schema {self.database.schema}"
-        from psycopg.conninfo import conninfo_to_dict
-
         try:
-            params = conninfo_to_dict(self.database.url)
+            params = conninfo_params(self.database.url)
         except Exception:
             # Unparsable (it can hold a password anywhere): its digest tells it apart.
             digest = hashlib.sha256(self.database.url.encode()).hexdigest()[:16]
@@ -221,7 +227,6 @@ class Recorder:
         if self._conn is None or self._conn.closed or self._conn.broken:
             self.close()
             self._conn = open_connection(self.database, tcp_user_timeout=TCP_USER_TIMEOUT_MS)
-            self._conn.prepare_threshold = None
         return self._conn
 
     def _on_connection(self, operation: Callable[["psycopg.Connection"], Any]) -> Any:

@@ -73,10 +73,13 @@ def pending(home: Path) -> list[Path]:
 
 def load(path: Path) -> dict[str, Any]:
     try:
-        return json.loads(path.read_bytes())
+        entry = json.loads(path.read_bytes())
     except (OSError, ValueError) as error:
         raise SpoolError(f"cannot read spooled result {path}: "
                          f"{getattr(error, 'strerror', None) or error}") from None
+    if not isinstance(entry, dict):
+        raise SpoolError(f"cannot read spooled result {path}: not a JSON object")
+    return entry
 
 
 def discard(path: Path) -> None:

@@ -108,7 +108,7 @@ def test_a_database_given_as_an_option_reaches_the_command(cli_env, conn, db_url
 
 def test_nested_calls_reach_the_embedded_default_too(cli_env, home):
     env = {key: value for key, value in cli_env.items() if key != "JOBS_DATABASE_URL"}
-    script = 'jobs-cli report --message "from inside"; jobs-cli last-success emb --default never'
+    script = 'jobs-cli report --message "from inside"; jobs-cli last-success emb --default -1'
     outputs = [subprocess.run(["jobs-cli", "run", "--name", "emb", "--", "sh", "-c", script],
                               env=env, capture_output=True, text=True) for _ in range(2)]
     assert [result.stderr for result in outputs] == ["", ""]
@@ -116,7 +116,7 @@ def test_nested_calls_reach_the_embedded_default_too(cli_env, home):
         (first_start,), messages = conn.execute(
             "SELECT floor(extract(epoch FROM start_date))::bigint FROM jobs WHERE id = 1"
         ).fetchone(), rows(conn, "message")
-    assert [result.stdout for result in outputs] == ["never\n", f"{first_start}\n"]
+    assert [result.stdout for result in outputs] == ["-1\n", f"{first_start}\n"]
     assert messages == [("from inside",), ("from inside",)]
 
 
