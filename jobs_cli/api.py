@@ -28,6 +28,7 @@ from typing import Any, Iterator
 from . import config, runs
 from .db import Database, connect
 from .errors import InvalidInput, JobsError
+from .states import ENDED, ERROR, SUCCESS
 
 
 class Job:
@@ -46,7 +47,7 @@ class Job:
     def id(self) -> int | None:
         return self.data["id"] if self.data else None
 
-    def most_recent(self, status: str = runs.SUCCESS) -> int | None:
+    def most_recent(self, status: str = SUCCESS) -> int | None:
         """Unix seconds of the start of the newest run with `status` (by end), or None."""
         with connect(self.database) as conn:
             return runs.last_start(conn, self.database.schema, self.name, status)
@@ -60,7 +61,7 @@ class Job:
 
     def result(self, _result: str, message: str | None = None,
                records_processed: int | None = 0) -> dict[str, Any]:
-        if _result not in runs.ENDED:
+        if _result not in ENDED:
             raise InvalidInput(f"result must be 'success' or 'error', not {_result!r}")
         if self.id is None:
             raise JobsError("start() the job before reporting its result")
@@ -82,11 +83,11 @@ class Job:
             yield self
         except BaseException as exc:
             try:
-                self.result(runs.ERROR, message=str(exc) or type(exc).__name__,
+                self.result(ERROR, message=str(exc) or type(exc).__name__,
                             records_processed=self.records_processed)
             except JobsError as failure:
                 # The caller's exception matters more than our bookkeeping.
                 warnings.warn(f"jobs-cli: could not record the error of {self.name!r}: {failure}",
                               RuntimeWarning, stacklevel=3)
             raise
-        self.result(runs.SUCCESS, records_processed=self.records_processed)
+        self.result(SUCCESS, records_processed=self.records_processed)

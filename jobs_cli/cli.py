@@ -63,6 +63,7 @@ class Duration(click.ParamType):
 DURATION = Duration()
 # records_processed is an integer column (runs.MAX_RECORDS).
 RECORDS = click.IntRange(0, 2**31 - 1)
+LIMIT = click.IntRange(1, 2**31 - 1)
 
 source_option = click.option("--source", envvar=config.ENV_SOURCE, default="",
                              help="Where the job reads from [env JOBS_SOURCE; default empty].")
@@ -131,7 +132,7 @@ def init(ctx: click.Context) -> None:
         warnings = apply_schema(conn, ctx.obj.schema)
     for warning in warnings:
         click.echo(f"jobs-cli: warning: {warning}", err=True)
-    click.echo(f"jobs-cli: schema {ctx.obj.schema!r} is up to date", err=True)
+    click.echo(f"jobs-cli: the jobs table in schema {ctx.obj.schema!r} is ready", err=True)
 
 
 @cli.command()
@@ -233,7 +234,7 @@ view_json_option = click.option("--json", "as_json", is_flag=True,
               help="Only runs in this state (in_progress: live, dead and running).")
 @click.option("--since", metavar="WHEN",
               help="Only runs started since WHEN: a duration ago (2h, 1d) or an ISO date/time.")
-@click.option("--limit", type=click.IntRange(min=1), default=config.DEFAULT_LIMIT,
+@click.option("--limit", type=LIMIT, default=config.DEFAULT_LIMIT,
               show_default=True, metavar="N", help="At most N runs.")
 @click.option("--json", "output", flag_value="json", help="Print a JSON array, every field.")
 @click.option("--csv", "output", flag_value="csv", help="Print CSV with a header row.")
@@ -400,7 +401,7 @@ def metrics(ctx: click.Context) -> None:
 @cli.command()
 @click.option("--interval", type=DURATION, default="2s", show_default=True, metavar="DURATION",
               help="Redraw at least this often (changes redraw at once).")
-@click.option("--limit", type=click.IntRange(min=1), default=config.DEFAULT_LIMIT,
+@click.option("--limit", type=LIMIT, default=config.DEFAULT_LIMIT,
               show_default=True, metavar="N", help="At most N unfinished and N ended runs.")
 @utc_option
 @click.pass_context
@@ -416,6 +417,9 @@ def watch(ctx: click.Context, interval: float, limit: int, utc: bool) -> None:
     from .monitor import snapshots
     from .render import watch as draw
 
+    if not sys.stdout.isatty():
+        raise InvalidInput("watch redraws a terminal; for output to a file or a pipe use "
+                           "`jobs-cli list` (or `status`)")
     try:
         with connection(ctx) as conn:
             draw(snapshots(conn, ctx.obj.schema, limit, interval), utc)
@@ -648,6 +652,9 @@ def main() -> None:
     config.set_aside_libpq_environment()
     try:
         exit_code = cli.main(prog_name="jobs-cli", standalone_mode=False)
+    except click.exceptions.NoArgsIsHelpError as exc:
+        click.echo(exc.format_message(), err=True)  # the help itself: no prefix
+        exit_code = exc.exit_code
     except click.UsageError as exc:
         where = f" (see '{exc.ctx.command_path} --help')" if exc.ctx else ""
         click.echo(f"jobs-cli: {exc.format_message()}{where}", err=True)

@@ -27,6 +27,8 @@ if TYPE_CHECKING:
     import psycopg
 
 CONNECT_TIMEOUT_SECONDS = 10
+# Server parameter -> the value (prefix) every connection needs.
+SESSION_SETTINGS = {"DateStyle": "ISO", "client_encoding": "UTF8"}
 
 
 @dataclass(frozen=True)
@@ -132,6 +134,12 @@ def _open(conninfo: str, **options: object) -> "psycopg.Connection":
     # Through PgBouncer in transaction mode a prepared statement may be missing
     # on the next server connection; nothing here runs often enough to gain.
     conn.prepare_threshold = None
+    # A role or database may default to a DateStyle psycopg cannot parse, or to
+    # an encoding that cannot hold every name; PgBouncer tracks both settings.
+    settings = [f"SET {name} TO {value}" for name, value in SESSION_SETTINGS.items()
+                if not (conn.info.parameter_status(name) or "").startswith(value)]
+    if settings:
+        conn.execute("; ".join(settings))
     return conn
 
 

@@ -12,6 +12,8 @@ import re
 
 _SECONDS_PER_UNIT = {"d": 86400, "h": 3600, "m": 60, "s": 1, "ms": 0.001}
 _SHOWN_UNITS = ("d", "h", "m", "s")
+# A century: beyond it the database's timestamps and intervals overflow.
+MAX_SECONDS = 36500 * 86400
 
 _NUMBER = r"(?:\d+(?:\.\d*)?|\.\d+)"
 # `ms` before `m`, or `500ms` would read as 500 minutes followed by garbage.
@@ -32,6 +34,8 @@ def parse_duration(text: str) -> float:
         seconds = float(stripped)
     if not math.isfinite(seconds):
         raise _invalid(text)
+    if seconds > MAX_SECONDS:
+        raise ValueError(f"duration {text!r} is too long: at most 36500d")
     return seconds
 
 
@@ -45,7 +49,7 @@ def parse_positive_duration(text: str) -> float:
 
 def _invalid(text: str) -> ValueError:
     return ValueError(
-        f"invalid duration {text!r}: use a number with s, m, h or d, e.g. 90s, 15m, 2h")
+        f"invalid duration {text!r}: use a number with ms, s, m, h or d, e.g. 90s, 15m, 2h")
 
 
 def format_duration(seconds: float) -> str:

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Iterator, TypeVar
 
 from . import runs
 from .config import DEFAULT_LIMIT
-from .states import DEAD, LIVE, RUNNING, STATES, STATUS_FILTERS
+from .states import DEAD, ENDED, ERROR, IN_PROGRESS, LIVE, RUNNING, STATUS_FILTERS, SUCCESS
 from .durations import format_duration, parse_duration
 from .errors import InvalidInput, NotFound
 
@@ -52,16 +52,15 @@ SEVERITY_NAMES = ("OK", "WARNING", "CRITICAL", "UNKNOWN")
 NOTIFY_CHANNEL = "jobs_cli"
 
 # -- SQL ----------------------------------------------------------------------
-# Templates go through `runs.statement` ({table}, {columns}); the fragments
-# spliced into them below are constants, never input.
+# Templates go through `runs.statement` ({table}, {columns}, and the liveness
+# rule as {live}, {dead} and {running}); the fragments spliced into them below
+# are constants, never input.
 
-# IS DISTINCT FROM: adopted rows may have a NULL status, which is not in_progress.
+# An ended run's state is its status (NULL in adopted rows that have none).
 # A dead run's duration stops where its lease ran out rather than growing forever.
 RUN_VIEW_COLUMNS = """
-    CASE WHEN status IS DISTINCT FROM 'in_progress' THEN status
-         WHEN lease_until IS NULL THEN 'running'
-         WHEN lease_until > now() THEN 'live'
-         ELSE 'dead' END AS state,
+    CASE WHEN {live} THEN 'live' WHEN {dead} THEN 'dead' WHEN {running} THEN 'running'
+         ELSE status END AS state,
     extract(epoch FROM coalesce(end_date, greatest(start_date, least(now(), lease_until)))
                        - start_date)::float8 AS duration_seconds,
     extract(epoch FROM now() - start_date)::float8 AS age_seconds"""
@@ -81,24 +80,28 @@ names(name, position) AS (
     SELECT * FROM unnest(%(names)s::text[]) WITH ORDINALITY
 )"""
 
+# What `list --status` and `watch` filter by; ENDED_RUNS is for `watch` only.
+ENDED_RUNS = "ended"
 STATE_CONDITIONS = {
-    runs.SUCCESS: "status = 'success'",
-    runs.ERROR: "status = 'error'",
-    runs.IN_PROGRESS: "status = 'in_progress'",
-    LIVE: "status = 'in_progress' AND lease_until > now()",
-    DEAD: "status = 'in_progress' AND lease_until <= now()",
-    RUNNING: "status = 'in_progress' AND lease_until IS NULL",
+    SUCCESS: "status = 'success'",
+    ERROR: "status = 'error'",
+    IN_PROGRESS: "status = 'in_progress'",
+    LIVE: "{live}",
+    DEAD: "{dead}",
+    RUNNING: "{running}",
+    ENDED_RUNS: "status IS DISTINCT FROM 'in_progress'",
 }
 NAME_CONDITION = "name = %(name)s"
 SINCE_MOMENT_CONDITION = "start_date >= %(since)s"
 SINCE_AGO_CONDITION = "start_date >= now() - %(since)s"
 
+# {where} is replaced by `list_query` with the filters' conditions.
 NEWEST_RUNS = """
 SELECT {columns},""" + RUN_VIEW_COLUMNS + """
 FROM {table}
-WHERE %s
+WHERE {where}
 ORDER BY start_date DESC, id DESC
-LIMIT %%(limit)s
+LIMIT %(limit)s
 """
 
 # The newest runs of each matching name, merged. LIKE cannot use a btree index
@@ -112,13 +115,13 @@ newest AS (
     CROSS JOIN LATERAL (
         SELECT id, start_date
         FROM {table}
-        WHERE name = names.name AND %s
+        WHERE name = names.name AND {where}
         ORDER BY start_date DESC, id DESC
-        LIMIT %%(limit)s
+        LIMIT %(limit)s
     ) newest
-    WHERE names.name IS NOT NULL AND names.name LIKE %%(pattern)s
+    WHERE names.name IS NOT NULL AND names.name LIKE %(pattern)s
     ORDER BY newest.start_date DESC, newest.id DESC
-    LIMIT %%(limit)s
+    LIMIT %(limit)s
 )
 SELECT {columns},""" + RUN_VIEW_COLUMNS + """
 FROM {table}
@@ -169,9 +172,9 @@ LEFT JOIN LATERAL (
     LIMIT 1
 ) success ON true
 LEFT JOIN LATERAL (
-    SELECT count(*) FILTER (WHERE lease_until > now()) AS live,
-           count(*) FILTER (WHERE lease_until <= now()) AS dead,
-           count(*) FILTER (WHERE lease_until IS NULL) AS running
+    SELECT count(*) FILTER (WHERE {live}) AS live,
+           count(*) FILTER (WHERE {dead}) AS dead,
+           count(*) FILTER (WHERE {running}) AS running
     FROM {table}
     WHERE name = names.name AND status = 'in_progress'
 ) unfinished ON true
@@ -252,7 +255,7 @@ class JobSummary:
     @property
     def ended_positions(self) -> list[int]:
         """Where the ended runs are in the recent lists."""
-        return [i for i, state in enumerate(self.recent_states) if state in runs.ENDED]
+        return [i for i, state in enumerate(self.recent_states) if state in ENDED]
 
     def of_last_ended(self, values: list) -> Any:
         """The newest ended run's (by start, among the recent ones) entry in `values`."""
@@ -280,12 +283,12 @@ class JobSummary:
     def success_rate(self) -> float | None:
         """Share of the recent ended runs that succeeded."""
         ended = [self.recent_states[i] for i in self.ended_positions]
-        return ended.count(runs.SUCCESS) / len(ended) if ended else None
+        return ended.count(SUCCESS) / len(ended) if ended else None
 
     @property
     def median_success_seconds(self) -> float | None:
         durations = [duration for state, duration in zip(self.recent_states, self.recent_durations)
-                     if state == runs.SUCCESS and duration is not None]
+                     if state == SUCCESS and duration is not None]
         return statistics.median(durations) if durations else None
 
     @property
@@ -307,7 +310,7 @@ class JobSummary:
     def problems(self) -> list[Problem]:
         """What a person should look at, worst first."""
         found = []
-        if self.last_ended_status == runs.ERROR:
+        if self.last_ended_status == ERROR:
             found.append(Problem(CRITICAL, f"last run failed {ago(self.last_ended_age_seconds)}"))
         if self.dead:
             found.append(Problem(CRITICAL, f"{self.dead} dead run{'s' if self.dead > 1 else ''}"))
@@ -403,7 +406,7 @@ def list_query(*, name: str | None = None, status: str | None = None,
                since: datetime | timedelta | None = None,
                limit: int = DEFAULT_LIMIT) -> tuple[str, dict[str, Any]]:
     """The template and parameters of `list_runs` (the benchmark explains them)."""
-    if status is not None and status not in STATUS_FILTERS:
+    if status is not None and status not in STATE_CONDITIONS:
         raise InvalidInput(f"status must be one of {', '.join(STATUS_FILTERS)}, not {status!r}")
     if limit < 1:
         raise InvalidInput(f"limit must be at least 1, not {limit}")
@@ -426,7 +429,7 @@ def list_query(*, name: str | None = None, status: str | None = None,
             params["name"] = name
             conditions.append(NAME_CONDITION)
         template = NEWEST_RUNS
-    return template % (" AND ".join(conditions) or "true"), params
+    return template.replace("{where}", " AND ".join(conditions) or "true"), params
 
 
 def list_runs(conn: "psycopg.Connection", schema: str, **filters: Any) -> list[RunView]:
@@ -478,7 +481,7 @@ def judge(summary: JobSummary, max_age: float, warn_age: float | None = None) ->
         return Verdict(name, CRITICAL, f"run {summary.last_run_id} is dead "
                                        f"(started {ago(summary.last_age_seconds)}), "
                                        f"last success {ago(age)}")
-    if summary.last_ended_status == runs.ERROR:
+    if summary.last_ended_status == ERROR:
         return Verdict(name, CRITICAL, f"last run failed {ago(summary.last_ended_age_seconds)}, "
                                        f"last success {ago(age)}")
     if age > max_age:
@@ -509,9 +512,8 @@ class Snapshot:
 
 
 def snapshot(conn: "psycopg.Connection", schema: str, limit: int) -> Snapshot:
-    unfinished = list_runs(conn, schema, status=runs.IN_PROGRESS, limit=limit)
-    recent = list_runs(conn, schema, limit=limit)
-    ended = [run for run in recent if run.status != runs.IN_PROGRESS]
+    unfinished = list_runs(conn, schema, status=IN_PROGRESS, limit=limit)
+    ended = list_runs(conn, schema, status=ENDED_RUNS, limit=limit)
     return Snapshot(unfinished, ended, datetime.now(timezone.utc))
 
 

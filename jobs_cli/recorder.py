@@ -29,7 +29,9 @@ Liveness and overlap: a lease, renewed by heartbeats
 
     A wrapper whose heartbeats cannot reach the database for 3 intervals may
     be reaped while its command still runs; its final result then overrules
-    the "abandoned" verdict (see runs.RECORD_RESULT), so the record ends true.
+    the "abandoned" verdict (see runs.RECORD_RESULT), so the record ends true:
+    the real status, exit code and end, and a message such as "exit code 0;
+    recorded after being marked abandoned: no heartbeat since …".
 
 One connection
     The claim, the heartbeats and the result share one connection, opened at

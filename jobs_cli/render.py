@@ -16,9 +16,9 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from .durations import format_duration
-from .monitor import (CRITICAL, DEAD, LIVE, OK, RECENT_RUNS, RUNNING, SEVERITY_NAMES, STATES,
-                      UNKNOWN, WARNING, EndedCount, JobSummary, RunView, Snapshot, Verdict, ago)
-from .runs import ENDED, ERROR, SUCCESS
+from .monitor import (CRITICAL, OK, RECENT_RUNS, SEVERITY_NAMES, UNKNOWN, WARNING, EndedCount,
+                      JobSummary, RunView, Snapshot, Verdict, ago)
+from .states import DEAD, ENDED, ERROR, LIVE, RUNNING, STATES, SUCCESS
 
 if TYPE_CHECKING:
     from rich.console import Console

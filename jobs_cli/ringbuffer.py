@@ -20,14 +20,11 @@ class RingBuffer:
         self._buffer = bytearray(capacity)
         self._end = 0  # where the next byte goes
         self._size = 0
-        self._truncated = False
 
     def write(self, data: bytes) -> None:
         view = memoryview(data)
         count = len(view)
         capacity = len(self._buffer)
-        if self._size + count > capacity:
-            self._truncated = True
         if count >= capacity:
             self._buffer[:] = view[count - capacity:]
             self._end = 0
@@ -46,11 +43,6 @@ class RingBuffer:
 
     def __len__(self) -> int:
         return self._size
-
-    @property
-    def truncated(self) -> bool:
-        """True once bytes were dropped to make room."""
-        return self._truncated
 
 
 def tail_text(data: bytes) -> str:

@@ -16,7 +16,7 @@ from functools import cache
 from typing import TYPE_CHECKING, Any
 
 from .errors import InvalidInput, NoSuccess, NotFound, Refused
-from .states import ENDED, ERROR, IN_PROGRESS, SUCCESS  # noqa: F401  (runs.SUCCESS etc. for callers)
+from .states import DEAD, ENDED, LIVE, RUNNING, SUCCESS
 
 if TYPE_CHECKING:
     import psycopg
@@ -62,7 +62,18 @@ def iso_utc(moment: datetime) -> str:
 
 
 # -- SQL --------------------------------------------------------------------
-# {table} is the schema-qualified jobs table, {columns} the Run fields.
+# {table} is the schema-qualified jobs table, {columns} the Run fields, and
+# {live}, {dead} and {running} the liveness rule below.
+
+# Liveness of an in_progress run, by the server's clock (see the recorder
+# module): live while the lease its wrapper renews is in the future, dead once
+# it has run out, running (unsupervised: `jobs-cli start`) without a lease.
+# The one spelling of the rule, for every statement here and in `monitor`.
+LIVENESS = {
+    LIVE: "status = 'in_progress' AND lease_until > now()",
+    DEAD: "status = 'in_progress' AND lease_until <= now()",
+    RUNNING: "status = 'in_progress' AND lease_until IS NULL",
+}
 
 INSERT_RUN = """
 INSERT INTO {table} (name, status, start_date, source, destination, records_processed, message)
@@ -103,6 +114,7 @@ def statement(template: str, schema: str) -> "sql.Composed":
     return sql.SQL(template).format(
         table=sql.Identifier(schema, "jobs"),
         columns=sql.SQL(", ").join(sql.Identifier(name) for name in RUN_COLUMNS),
+        **{state: sql.SQL(f"({condition})") for state, condition in LIVENESS.items()},
     )
 
 
@@ -168,7 +180,14 @@ def end_run(conn: "psycopg.Connection", schema: str, run_id: str | int, status: 
         raise InvalidInput(f"a run ends as {' or '.join(ENDED)}, not {status!r}")
     params = {"id": parse_run_id(run_id), "status": status,
               "records": validate_records(records), "message": message}
-    run = fetch_run(conn, END_RUN, schema, params)
+    return _update_in_progress(conn, END_RUN, schema, params)
+
+
+def _update_in_progress(conn: "psycopg.Connection", template: str, schema: str,
+                        params: dict) -> Run:
+    """Run `template`, an UPDATE of the in_progress run params["id"]; refuse unknown
+    or already ended runs."""
+    run = fetch_run(conn, template, schema, params)
     if run is not None:
         return run
     existing = get_run(conn, schema, params["id"])
@@ -252,7 +271,7 @@ CLAIM_LOCK = "SELECT pg_advisory_xact_lock(hashtextextended(%(lock_key)s, 0))"
 
 LIVE_RUN = """
 SELECT {columns} FROM {table}
-WHERE name = %(name)s AND status = 'in_progress' AND lease_until > now()
+WHERE name = %(name)s AND {live}
 ORDER BY start_date, id
 LIMIT 1
 """
@@ -264,8 +283,7 @@ INSERT INTO {table} (name, status, start_date, source, destination, host, pid, u
 SELECT %(name)s, 'in_progress', now(), %(source)s, %(destination)s, %(host)s, %(pid)s,
        %(username)s, %(command)s, now(), now() + make_interval(secs => %(lease_seconds)s),
        %(run_key)s
-WHERE %(allow_overlap)s OR NOT EXISTS (
-    SELECT FROM {table} WHERE name = %(name)s AND status = 'in_progress' AND lease_until > now())
+WHERE %(allow_overlap)s OR NOT EXISTS (SELECT FROM {table} WHERE name = %(name)s AND {live})
 RETURNING {columns}
 """
 
@@ -299,10 +317,8 @@ SET status = 'error',
                          'its start')
              || coalesce(' from pid ' || pid || ' on ' || host, '')
         END, message)
-WHERE status = 'in_progress'
-  AND (lease_until <= now()
-       OR (lease_until IS NULL
-           AND start_date <= now() - make_interval(secs => %(older_than)s::float8)))
+WHERE ({dead}
+       OR ({running} AND start_date <= now() - make_interval(secs => %(older_than)s::float8)))
   AND (%(name)s::text IS NULL OR name = %(name)s)
 RETURNING {columns}
 """
@@ -323,7 +339,9 @@ ON CONFLICT (run_key) WHERE run_key IS NOT NULL DO NOTHING
 # once. It overrules a reaper that took the run for abandoned (its heartbeats
 # could not reach the database) but not anyone else who ended it. A success
 # keeps the reported message; an error says what happened first, then the
-# reported message, then the output tail. end_date is the claim's server time
+# reported message, then the output tail. Overruling, both say what happened
+# and that it was "recorded after being marked abandoned: …" (the reaper's
+# message, which keeps the reported one). end_date is the claim's server time
 # plus the elapsed time, so a result recorded late still ends when it ended.
 RECORD_RESULT = """
 UPDATE {table}
@@ -332,8 +350,13 @@ SET status = %(status)s,
     exit_code = %(exit_code)s,
     output = %(output)s,
     message = CASE WHEN %(status)s = 'success' AND status = 'in_progress' THEN message
-                   ELSE concat_ws(E'\\n', concat_ws('; ', %(headline)s::text, message),
-                                  nullif(rtrim(%(output)s, E'\\n'), ''))
+                   ELSE concat_ws(E'\\n',
+                                  concat_ws('; ', %(headline)s::text,
+                                            CASE WHEN status = 'in_progress' THEN message
+                                                 ELSE 'recorded after being marked ' || message
+                                            END),
+                                  CASE WHEN %(status)s = 'error'
+                                       THEN nullif(rtrim(%(output)s, E'\\n'), '') END)
               END
 WHERE run_key = %(run_key)s
   AND (status = 'in_progress'
@@ -384,11 +407,7 @@ def report_run(conn: "psycopg.Connection", schema: str, run_id: str | int, *,
     """Set what the command reports about itself on its in_progress run."""
     params = {"id": parse_run_id(run_id), "records": validate_records(records),
               "message": message}
-    run = fetch_run(conn, REPORT_RUN, schema, params)
-    if run is not None:
-        return run
-    existing = get_run(conn, schema, params["id"])
-    raise Refused(f"run {existing.id} ({existing.name}) has already ended: {existing.status}")
+    return _update_in_progress(conn, REPORT_RUN, schema, params)
 
 
 def reap_runs(conn: "psycopg.Connection", schema: str, *,

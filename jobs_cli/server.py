@@ -176,14 +176,26 @@ class EmbeddedServer:
             yield
 
     def _server_user(self) -> pwd.struct_passwd | None:
-        """The account the server runs as when we are root; None otherwise."""
+        """The account the server runs as when we are root; None otherwise.
+
+        An existing cluster runs as the account that owns it, whatever
+        JOBS_SERVER_USER says now. Only the default account is ever created:
+        a misspelt JOBS_SERVER_USER must not add an account to the system.
+        """
         if os.geteuid() != 0:
             return None
+        try:
+            owner = self.data_dir.stat().st_uid
+            if owner != 0:
+                return pwd.getpwuid(owner)
+        except (FileNotFoundError, KeyError):
+            pass
         name = os.environ.get(config.ENV_SERVER_USER) or config.DEFAULT_SERVER_USER
         try:
             return pwd.getpwnam(name)
         except KeyError:
-            pass
+            if name != config.DEFAULT_SERVER_USER:
+                raise ServerError(f"{config.ENV_SERVER_USER}={name}: no such user") from None
         try:
             subprocess.run(
                 ["useradd", "--system", "--user-group", "--no-create-home",
@@ -291,7 +303,7 @@ class EmbeddedServer:
             reason = detail[-1] if detail else f"exit code {result.returncode}"
         if user is not None and "Permission denied" in reason:
             reason += (f" (the server runs as {user.pw_name!r}, which needs search permission"
-                       f" on every directory above {self.home})")
+                       f" on {self.home} and every directory above it)")
         raise ServerError(f"cannot {what}: {reason}")
 
     def _bindir(self, user: pwd.struct_passwd | None) -> Path:

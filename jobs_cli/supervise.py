@@ -2,7 +2,7 @@
 
 `jobs-cli run --name NAME -- COMMAND [ARGS...]` wraps a command the way runitor or
 timeout(1) do. This module is the wrapper's process handling; it knows nothing of the
-database, which it reaches only through the `on_start` and `heartbeat` callbacks.
+database, which it reaches only through the `heartbeat` callback.
 
 Output
     The child's stdout is inherited: the wrapper never touches it, so it stays byte
@@ -61,9 +61,9 @@ Main loop
 Heartbeat
     `heartbeat` runs in a thread of its own. In the main loop, a slow database call
     would stop the stderr copy (the child then blocks on a full pipe) and delay
-    forwarded signals and the timeout. The thread only calls `heartbeat`, after
-    `on_start` has returned, and the wrapper waits for a call in progress before
-    returning: the callbacks and the caller never use a connection at the same time.
+    forwarded signals and the timeout. The thread only calls `heartbeat`, and the
+    wrapper waits for a call in progress before returning: the callback and the
+    caller never use a connection at the same time.
     So `heartbeat` should bound its own time (connect_timeout, statement_timeout). A
     failing heartbeat never stops the run: it prints one line on stderr per streak of
     failures.
@@ -124,8 +124,6 @@ class Outcome:
     exit_code: int  # what the wrapper should exit with
     description: str  # "exit code 3", "killed by SIGKILL", "timed out after 1m30s", ...
     tail: bytes  # last bytes of stderr (and of stdout when captured)
-    signal: int | None  # signal that killed the child, or that the wrapper received
-    timed_out: bool
 
     @property
     def succeeded(self) -> bool:
@@ -142,13 +140,12 @@ def supervise(
     capture_stdout: bool = False,
     heartbeat: Callable[[], None] | None = None,
     heartbeat_interval: float = 30.0,
-    on_start: Callable[[int], None] | None = None,
 ) -> Outcome:
     """Run `argv` (no shell) to its end and return how it ended. Main thread only.
 
-    `on_start(pid)` is called once the child runs; `heartbeat()` every
-    `heartbeat_interval` seconds while it runs. An exception from `on_start` or from
-    the wrapper itself kills the child's group before propagating.
+    `heartbeat()` is called every `heartbeat_interval` seconds while the child runs.
+    An exception in the wrapper itself (KeyboardInterrupt included) kills the child's
+    group before propagating.
     """
     if not argv:
         raise ValueError("no command given")
@@ -168,8 +165,6 @@ def supervise(
         with child:
             try:
                 run = _Run(child, tail, wakeup, timeout, kill_after)
-                if on_start is not None:
-                    on_start(child.pid)
                 beating = (_Heartbeat(heartbeat, heartbeat_interval) if heartbeat is not None
                            else contextlib.nullcontext())
                 with beating:
@@ -293,16 +288,13 @@ class _Run:
         killed_by = -returncode if returncode < 0 else None
         if self._interrupted_by is not None:
             signum = self._interrupted_by
-            return Outcome(128 + signum, f"interrupted by {_signal_name(signum)}", tail,
-                           signum, timed_out=False)
+            return Outcome(128 + signum, f"interrupted by {_signal_name(signum)}", tail)
         if self._timed_out_after is not None:
             return Outcome(EXIT_TIMED_OUT,
-                           f"timed out after {format_duration(self._timed_out_after)}",
-                           tail, killed_by, timed_out=True)
+                           f"timed out after {format_duration(self._timed_out_after)}", tail)
         if killed_by is not None:
-            return Outcome(128 + killed_by, f"killed by {_signal_name(killed_by)}", tail,
-                           killed_by, timed_out=False)
-        return Outcome(returncode, f"exit code {returncode}", tail, None, timed_out=False)
+            return Outcome(128 + killed_by, f"killed by {_signal_name(killed_by)}", tail)
+        return Outcome(returncode, f"exit code {returncode}", tail)
 
 
 class _SignalWakeup:
@@ -416,6 +408,10 @@ def _exec_failure(command: str, error: OSError, env: Mapping[str, str] | None) -
         # (a stray \r at the end of that line is the classic) or an ELF loader.
         return _not_started(EXIT_CANNOT_EXECUTE, f"cannot execute {command}: interpreter not found")
     if isinstance(error, PermissionError):
+        if os.sep not in command and _find_file(command, env) is None:
+            # EACCES from a PATH directory we may not search, and the command is in
+            # none of the others: not found, as a shell says.
+            return _not_started(EXIT_NOT_FOUND, f"command not found: {command}")
         return _not_started(EXIT_CANNOT_EXECUTE, f"not executable: {command}")
     return _not_started(EXIT_CANNOT_EXECUTE, f"cannot execute {command}: {error.strerror or error}")
 
@@ -427,4 +423,4 @@ def _find_file(command: str, env: Mapping[str, str] | None) -> str | None:
 
 
 def _not_started(exit_code: int, description: str) -> Outcome:
-    return Outcome(exit_code, description, b"", None, timed_out=False)
+    return Outcome(exit_code, description, b"")

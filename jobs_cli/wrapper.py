@@ -30,7 +30,8 @@ from .db import Database
 from .errors import DatabaseError, NotStarted, Overlap
 from .recorder import Recorder
 from .ringbuffer import tail_text
-from .runs import ERROR, SUCCESS, Claim, Invocation, RunResult, iso_seconds, validate_name
+from .runs import Claim, Invocation, RunResult, iso_seconds, validate_name
+from .states import ERROR, SUCCESS
 from .supervise import supervise
 
 SKIP, WAIT, ALLOW = "skip", "wait", "allow"

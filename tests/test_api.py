@@ -54,6 +54,16 @@ def test_run_context_manager_error_reraises(job, conn):
     assert conn.execute("SELECT status, message FROM jobs").fetchone() == ("error", "division by zero")
 
 
+def test_run_context_manager_reraises_even_when_the_error_cannot_be_recorded(job, conn):
+    with pytest.warns(RuntimeWarning, match="could not record the error of 'orders': "
+                                            ".*run `jobs-cli init`"):
+        with pytest.raises(ZeroDivisionError):
+            with job.run():
+                conn.execute("ALTER TABLE jobs RENAME TO jobs_elsewhere")
+                1 / 0
+    assert conn.execute("SELECT status FROM jobs_elsewhere").fetchall() == [("in_progress",)]
+
+
 def test_invalid_name_rejected_at_construction(db_url):
     with pytest.raises(InvalidInput):
         Job(name=" ", database_url=db_url)

@@ -132,10 +132,59 @@ def test_database_url_option_beats_env(cli, db_url):
     assert result.returncode == 0, result.stderr
 
 
-def test_pg_environment_is_not_read(cli, cli_env):
-    """PG* point at the source database in ETL jobs: never picked up implicitly."""
-    env = {"PGDATABASE": "source_db", "PGHOST": "127.0.0.1", "PGPORT": "1"}
-    assert cli("start", "a", env=env).returncode == 0
+# PG* point at the source database in ETL jobs: never picked up implicitly.
+
+def test_pghost_and_pgport_do_not_complete_the_database_url(cli, conn, pg_server):
+    # This URL names the test database but not where it is; PGHOST and PGPORT do.
+    url = f"dbname={conn.info.dbname} user=postgres connect_timeout=5"
+    result = cli("--database-url", url, "start", "a",
+                 env={"PGHOST": pg_server["host"], "PGPORT": str(pg_server["port"])})
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("jobs-cli: cannot reach ")
+    assert conn.execute("SELECT count(*) FROM jobs").fetchone() == (0,)
+
+
+def test_pgoptions_do_not_reach_our_connections(cli, conn):
+    env = {"PGOPTIONS": "-c statement_timeout=1 -c default_transaction_read_only=on"}
+    started = cli("start", "a", env=env)
+    assert (started.returncode, started.stdout, started.stderr) == (0, "1\n", "")
+    assert cli("finish", "1", "--records", "2", env=env).returncode == 0
+    assert cli("last-success", "a", env=env).returncode == 0
+    assert conn.execute("SELECT status, records_processed FROM jobs").fetchall() == [
+        ("success", 2)]
+
+
+def test_run_hands_the_pg_variables_to_its_command(cli, conn):
+    env = {"PGHOST": "source.internal", "PGDATABASE": "erp", "PGPASSWORD": "src-secret",
+           "PGOPTIONS": "-c default_transaction_read_only=on"}
+    script = ('printf "%s\\n" "$PGHOST" "$PGDATABASE" "$PGPASSWORD" "$PGOPTIONS";'
+              ' jobs-cli report --records 1')
+    result = cli("run", "--name", "etl", "--", "sh", "-c", script, env=env)
+    assert (result.returncode, result.stderr) == (0, "")
+    assert result.stdout.splitlines() == [
+        "source.internal", "erp", "src-secret", "-c default_transaction_read_only=on"]
+    # Neither the wrapper nor the command's own jobs-cli call used them.
+    assert conn.execute("SELECT status, records_processed FROM jobs").fetchall() == [
+        ("success", 1)]
+
+
+MALFORMED_URL = "postgresql://u:s3cret@[::1/db"
+
+
+@pytest.mark.parametrize("args, code", [
+    (["start", "a"], 1),
+    (["run", "--name", "a", "--", "touch", "{tmp}/ran"], 69),
+    (["check", "a", "--max-age", "1h"], 3),
+])
+def test_a_malformed_url_is_one_line_without_its_password(cli, tmp_path, args, code):
+    result = cli(*(arg.format(tmp=tmp_path) for arg in args),
+                 env={"JOBS_DATABASE_URL": MALFORMED_URL})
+    assert result.returncode == code
+    said = result.stdout if args[0] == "check" else result.stderr
+    assert said.count("\n") == 1 and "cannot be parsed" in said
+    assert said.startswith("UNKNOWN - " if args[0] == "check" else "jobs-cli: ")
+    assert "s3cret" not in result.stdout + result.stderr
+    assert not (tmp_path / "ran").exists()
 
 
 @pytest.mark.parametrize("args", [["finish"], ["no-such-command"], ["start"],
@@ -181,3 +230,14 @@ def test_python_m_and_jobs_alias(cli_env):
     alias = os.path.join(os.path.dirname(sys.executable), "jobs")
     assert subprocess.run([alias, "start", "b"], env=cli_env, capture_output=True,
                           text=True).stdout == "2\n"
+
+
+def test_no_command_shows_the_help_on_stderr_exit_2(cli):
+    result = cli()
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.startswith("Usage: jobs-cli") and "Commands:" in result.stderr
+
+
+def test_watch_refuses_without_a_terminal(cli):
+    result = cli("watch")
+    assert result.returncode == 2 and "use `jobs-cli list`" in result.stderr

@@ -7,12 +7,15 @@ import io
 import json
 import os
 import pty
+import re
 import select
 import signal
 import subprocess
 import sys
 import time
-from datetime import timedelta, timezone
+from contextlib import contextmanager
+from datetime import datetime, timedelta, timezone
+from typing import Iterator
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -39,7 +42,8 @@ def history(conn):
 
 
 def test_list_table_is_plain_when_piped(cli, history):
-    result = cli("list")
+    # Wide enough for every column's header on one line, whatever the time of day.
+    result = cli("list", env={"COLUMNS": "200"})
     assert result.returncode == 0 and "\x1b" not in result.stdout
     rows = [line.split()[:3] for line in result.stdout.splitlines()[2:]]
     assert rows == [["4", "invoices", "▶"], ["3", "invoices", "✓"], ["2", "orders_sync", "✗"],
@@ -86,6 +90,18 @@ def test_list_times_are_local_or_utc(cli, history, conn):
                  env=kathmandu).stdout
     assert started.astimezone(timezone(timedelta(hours=5, minutes=45))).strftime("%H:%M") in local
     assert started.astimezone(timezone.utc).strftime("%H:%M") in in_utc and "Z (2h ago)" in in_utc
+
+
+def test_show_times_are_local_or_utc(cli, history, conn):
+    started = conn.execute("SELECT start_date FROM jobs WHERE id = 3").fetchone()[0]
+    kathmandu = {"TZ": "Asia/Kathmandu"}  # UTC+05:45
+    local = cli("show", "3", env=kathmandu).stdout
+    in_utc = cli("show", "3", "--utc", env=kathmandu).stdout
+    shape = "%Y-%m-%d %H:%M:%S"
+    local_start = started.astimezone(timezone(timedelta(hours=5, minutes=45))).strftime(shape)
+    utc_start = started.astimezone(timezone.utc).strftime(shape)
+    assert f"started      {local_start} (" in local and utc_start not in local
+    assert f"started      {utc_start}Z (" in in_utc and local_start not in in_utc
 
 
 def test_show(cli, history):
@@ -177,45 +193,45 @@ def test_view_helps_do_not_import_psycopg_or_rich(cli_env):
 
 # -- watch under a pseudo-terminal ------------------------------------------------
 
-def read_until(fd: int, wanted: bytes, seen: bytearray, timeout: float = 15) -> None:
-    deadline = time.monotonic() + timeout
-    while wanted not in seen:
-        remaining = deadline - time.monotonic()
-        assert remaining > 0, f"{wanted!r} not shown; screen so far: {bytes(seen)[-2000:]!r}"
-        if select.select([fd], [], [], remaining)[0]:
-            seen += os.read(fd, 65536)
+class Terminal:
+    """What a command under a pseudo-terminal has shown so far."""
+
+    def __init__(self, pid: int, fd: int) -> None:
+        self.pid, self.fd, self.seen = pid, fd, bytearray()
+
+    def read_until(self, wanted: bytes, timeout: float = 15) -> None:
+        deadline = time.monotonic() + timeout
+        while wanted not in self.seen:
+            remaining = deadline - time.monotonic()
+            assert remaining > 0, f"{wanted!r} not shown; so far: {bytes(self.seen)[-2000:]!r}"
+            if select.select([self.fd], [], [], remaining)[0]:
+                self.seen += os.read(self.fd, 65536)
+
+    def ctrl_c(self) -> int:
+        """Ctrl-C, through the terminal as a person sends it; the exit status."""
+        os.write(self.fd, b"\x03")
+        while select.select([self.fd], [], [], 10)[0]:
+            try:
+                chunk = os.read(self.fd, 65536)
+            except OSError:  # EIO: the child has gone and the terminal with it
+                break
+            if not chunk:
+                break
+            self.seen += chunk
+        _, status = os.waitpid(self.pid, 0)
+        assert os.WIFEXITED(status), status
+        return os.WEXITSTATUS(status)
 
 
-def read_to_end(fd: int, seen: bytearray) -> None:
-    while select.select([fd], [], [], 10)[0]:
-        try:
-            chunk = os.read(fd, 65536)
-        except OSError:  # EIO: the child has gone and the terminal with it
-            return
-        if not chunk:
-            return
-        seen += chunk
-
-
-def test_watch_redraws_on_change_and_quits_on_ctrl_c(cli_env, conn):
-    add_run(conn, "before_watch")
-    env = {**cli_env, "TERM": "xterm-256color", "COLUMNS": "120", "LINES": "40"}
+@contextmanager
+def on_a_terminal(env: dict[str, str], *args: str) -> Iterator[Terminal]:
+    """`jobs-cli ARGS...` on a 120-column pseudo-terminal; killed if still running at the end."""
+    env = {**env, "TERM": "xterm-256color", "COLUMNS": "120", "LINES": "40"}
     pid, fd = pty.fork()
     if pid == 0:  # the child: jobs-cli on the pseudo-terminal
-        os.execvpe("jobs-cli", ["jobs-cli", "watch", "--interval", "1m"], env)
-    seen = bytearray()
+        os.execvpe("jobs-cli", ["jobs-cli", *args], env)
     try:
-        read_until(fd, b"before_watch", seen)
-        assert b"\x1b[" in seen  # a terminal: styled
-        began = time.monotonic()
-        add_run(conn, "after_watch", "in_progress", ago=1, lease=60)
-        read_until(fd, b"after_watch", seen)
-        assert time.monotonic() - began < 10  # the notification, not the 1 min poll
-        os.write(fd, b"\x03")  # Ctrl-C, through the terminal as a person sends it
-        read_to_end(fd, seen)
-        _, status = os.waitpid(pid, 0)
-        assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
-        assert b"Traceback" not in seen and b"Aborted" not in seen
+        yield Terminal(pid, fd)
     finally:
         try:
             os.kill(pid, signal.SIGKILL)
@@ -223,6 +239,52 @@ def test_watch_redraws_on_change_and_quits_on_ctrl_c(cli_env, conn):
         except (ProcessLookupError, ChildProcessError):
             pass
         os.close(fd)
+
+
+# SGR sequences that set a foreground colour (30-37, 90-97, 38;5;N or 38;2;R;G;B),
+# as opposed to the cursor movements any redraw emits.
+FOREGROUND_COLOUR = re.compile(rb"\x1b\[(?:[0-9;]*;)?(?:3[0-7]|9[0-7]|38;[25];[0-9;]+)m")
+
+
+def test_watch_redraws_on_change_and_quits_on_ctrl_c(cli_env, conn):
+    add_run(conn, "before_watch")
+    with on_a_terminal(cli_env, "watch", "--interval", "1m") as terminal:
+        terminal.read_until(b"before_watch")
+        assert FOREGROUND_COLOUR.search(terminal.seen), bytes(terminal.seen)
+        began = time.monotonic()
+        add_run(conn, "after_watch", "in_progress", ago=1, lease=60)
+        terminal.read_until(b"after_watch")
+        assert time.monotonic() - began < 10  # the notification, not the 1 min poll
+        assert terminal.ctrl_c() == 0
+        assert b"Traceback" not in terminal.seen and b"Aborted" not in terminal.seen
+
+
+def test_watch_is_plain_under_no_color(cli_env, conn):
+    add_run(conn, "before_watch")
+    with on_a_terminal({**cli_env, "NO_COLOR": "1"}, "watch", "--interval", "1m") as terminal:
+        terminal.read_until(b"before_watch")
+        assert terminal.ctrl_c() == 0
+    assert not FOREGROUND_COLOUR.search(terminal.seen)
+
+
+def test_watch_shows_limit_unfinished_and_limit_ended_runs_in_utc(cli_env, conn):
+    for ago, name in ((400, "ended_old"), (300, "ended_mid"), (200, "ended_new")):
+        add_run(conn, name, ago=ago, took=5)
+    for ago, name in ((30, "live_old"), (20, "live_mid"), (10, "live_new")):
+        add_run(conn, name, "in_progress", ago=ago, lease=600)
+    started = conn.execute("SELECT start_date FROM jobs WHERE name = 'ended_new'").fetchone()[0]
+    in_utc = started.astimezone(timezone.utc)
+    today = in_utc.date() == datetime.now(timezone.utc).date()
+    shown = in_utc.strftime("%H:%M:%SZ" if today else "%Y-%m-%d %H:%MZ")
+    kathmandu = {**cli_env, "TZ": "Asia/Kathmandu"}
+    with on_a_terminal(kathmandu, "watch", "--limit", "2", "--utc") as terminal:
+        terminal.read_until(b"ended_mid")  # the last row
+        assert terminal.ctrl_c() == 0
+    screen = bytes(terminal.seen)
+    for name in (b"live_new", b"live_mid", b"ended_new", b"ended_mid"):
+        assert name in screen
+    assert b"live_old" not in screen and b"ended_old" not in screen
+    assert shown.encode() in screen
 
 
 def test_watch_bad_interval_is_one_line(cli):

@@ -33,7 +33,7 @@ def test_parse_duration_rejects(text):
         parse_duration(text)
     message = str(raised.value)
     assert message == (
-        f"invalid duration {text!r}: use a number with s, m, h or d, e.g. 90s, 15m, 2h")
+        f"invalid duration {text!r}: use a number with ms, s, m, h or d, e.g. 90s, 15m, 2h")
     assert "\n" not in message
 
 
@@ -70,3 +70,9 @@ def test_positive_durations():
     for bad in ("0", "0s", "soon", "-1h"):
         with pytest.raises(ValueError):
             parse_positive_duration(bad)
+
+
+def test_durations_beyond_a_century_are_refused():
+    assert parse_duration("36500d") == 36500 * 86400
+    with pytest.raises(ValueError, match="too long"):
+        parse_duration("99999999d")

@@ -221,6 +221,17 @@ def test_jobs_latest_view_is_the_newest_run_of_each_name(conn):
     assert latest == distinct_on and len(latest) == 3
 
 
+def test_a_watch_snapshot_has_limit_unfinished_and_limit_ended_runs(conn):
+    # The unfinished runs are the newest: they must not crowd out the ended ones.
+    for ago in (400, 300, 200):
+        add_run(conn, f"ended{ago}", ago=ago)
+    for ago in (30, 20, 10):
+        add_run(conn, f"live{ago}", "in_progress", ago=ago, lease=600)
+    shot = monitor.snapshot(conn, SCHEMA, 2)
+    assert [run.name for run in shot.unfinished] == ["live10", "live20"]
+    assert [run.name for run in shot.ended] == ["ended200", "ended300"]
+
+
 def test_changes_notify_watchers_but_heartbeats_do_not(conn, db_url):
     with psycopg.connect(db_url, autocommit=True) as listener:
         listener.execute(sql.SQL("LISTEN {}").format(sql.Identifier(monitor.NOTIFY_CHANNEL)))

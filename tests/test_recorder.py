@@ -17,6 +17,7 @@ from jobs_cli import runs, spool
 from jobs_cli.db import Database
 from jobs_cli.errors import Refused, SpoolError
 from jobs_cli.recorder import Recorder
+from jobs_cli.states import ERROR, SUCCESS
 
 SCHEMA = "public"
 UNREACHABLE = "host=/nonexistent/jobs-cli-test port=5432 dbname=x user=x"
@@ -33,7 +34,7 @@ def result(claim: runs.Claim | None, called: runs.Invocation, *, exit_code: int 
     fields = dict(
         invocation=called, run_id=claim.run.id if claim else None,
         start_date=claim.run.start_date if claim else datetime.now(timezone.utc),
-        elapsed=elapsed, status=runs.SUCCESS if exit_code == 0 else runs.ERROR,
+        elapsed=elapsed, status=SUCCESS if exit_code == 0 else ERROR,
         exit_code=exit_code, headline=headline, output=output)
     return runs.RunResult(**{**fields, **changes})
 
@@ -83,7 +84,7 @@ def outage(pg_server, conn):
 
 def test_a_claim_records_who_runs_what_with_a_lease_and_reads_the_watermark(recorder, conn):
     earlier = runs.start_run(conn, SCHEMA, "orders")
-    runs.end_run(conn, SCHEMA, earlier.id, runs.SUCCESS)
+    runs.end_run(conn, SCHEMA, earlier.id, SUCCESS)
     claimed = claim(recorder, lease=90)
     run = claimed.run
     assert (run.status, run.host, run.pid, run.username, run.command) == (
@@ -138,7 +139,7 @@ def test_heartbeats_move_the_lease_and_reconnect_after_a_lost_connection(recorde
 
 def test_a_heartbeat_for_a_run_someone_ended_fails(recorder, conn):
     run = claim(recorder).run
-    runs.end_run(conn, SCHEMA, run.id, runs.ERROR)
+    runs.end_run(conn, SCHEMA, run.id, ERROR)
     with pytest.raises(Refused, match=f"run {run.id} is no longer in progress"):
         recorder.heartbeat()
 
@@ -178,22 +179,26 @@ def test_a_result_is_recorded_once_however_often_it_is_replayed(recorder, conn):
     assert conn.execute("SELECT count(*) FROM jobs").fetchone()[0] == 1
 
 
-def test_the_real_result_overrules_an_abandoned_verdict(recorder, conn):
+@pytest.mark.parametrize("exit_code, tail", [(0, ""), (3, "\nboom")])
+def test_the_real_result_overrules_an_abandoned_verdict(recorder, conn, exit_code, tail):
     called = invocation()
     claimed = claim(recorder, called)
     runs.report_run(conn, SCHEMA, claimed.run.id, records=None, message="half done")
     conn.execute("UPDATE jobs SET lease_until = now() - interval '1 second'")
     assert [run.id for run in runs.reap_runs(conn, SCHEMA)] == [claimed.run.id]
-    run = recorder.record(result(claimed, called))
-    assert run.status == "success" and run.exit_code == 0
-    assert run.message.startswith("exit code 0; abandoned: no heartbeat since ")
-    assert run.message.endswith("; half done")
+    run = recorder.record(result(claimed, called, exit_code=exit_code,
+                                 headline=f"exit code {exit_code}", output="boom\n"))
+    assert (run.status, run.exit_code) == (SUCCESS if exit_code == 0 else ERROR, exit_code)
+    assert run.message.startswith(f"exit code {exit_code}; recorded after being marked "
+                                  "abandoned: no heartbeat since ")
+    assert run.message.endswith(f"; half done{tail}")
+    assert run.output == "boom\n"
 
 
 def test_a_run_someone_else_ended_is_left_as_it_is(recorder, conn, told):
     called = invocation()
     claimed = claim(recorder, called)
-    runs.end_run(conn, SCHEMA, claimed.run.id, runs.ERROR, message="stopped by hand")
+    runs.end_run(conn, SCHEMA, claimed.run.id, ERROR, message="stopped by hand")
     run = recorder.record(result(claimed, called))
     assert (run.status, run.message, run.exit_code) == ("error", "stopped by hand", None)
     assert told == [f"run {run.id} of 'orders' was ended (error) by someone else; "
@@ -222,7 +227,7 @@ def test_an_unreachable_database_is_retried_then_spooled_and_replayed_once(
     outage.begin()
     began = time.monotonic()
     assert recorder.record(result(claimed, called, exit_code=4, headline="exit code 4")) is None
-    assert 0.5 < time.monotonic() - began < 5
+    assert 0.5 < time.monotonic() - began < 20
     assert told[0].startswith(f"cannot record run {claimed.run.id} ('orders') yet (cannot "
                                   "reach database")
     assert "retrying for 0.6s" in told[0]
@@ -272,7 +277,7 @@ def test_a_signal_while_retrying_spools_at_once(make_recorder, home, told):
     threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGTERM)).start()
     began = time.monotonic()
     assert recorder.record(result(None, invocation())) is None
-    assert time.monotonic() - began < 5
+    assert time.monotonic() - began < 30
     assert "not recorded (stopped retrying on SIGTERM)" in told[-1]
     assert len(spool.pending(home)) == 1
     assert signal.getsignal(signal.SIGTERM) == handler

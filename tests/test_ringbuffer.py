@@ -9,7 +9,6 @@ def test_empty_buffer():
     ring = RingBuffer(8)
     assert ring.getvalue() == b""
     assert len(ring) == 0
-    assert not ring.truncated
 
 
 def test_keeps_everything_up_to_capacity():
@@ -18,7 +17,6 @@ def test_keeps_everything_up_to_capacity():
     ring.write(b"defgh")
     assert ring.getvalue() == b"abcdefgh"
     assert len(ring) == 8
-    assert not ring.truncated
 
 
 def test_keeps_last_bytes_across_wraparound():
@@ -27,7 +25,6 @@ def test_keeps_last_bytes_across_wraparound():
         ring.write(piece)
     assert ring.getvalue() == b"efghijkl"
     assert len(ring) == 8
-    assert ring.truncated
 
 
 def test_write_longer_than_capacity_keeps_its_end():
@@ -35,7 +32,6 @@ def test_write_longer_than_capacity_keeps_its_end():
     ring.write(b"xy")
     ring.write(b"0123456789")
     assert ring.getvalue() == b"6789"
-    assert ring.truncated
 
 
 def test_accepts_any_bytes_like_object():
@@ -57,16 +53,13 @@ def test_matches_the_end_of_everything_written(seed):
         written += piece
         assert ring.getvalue() == written[-capacity:]
         assert len(ring) == min(len(written), capacity)
-        assert ring.truncated == (len(written) > capacity)
 
 
 def test_zero_capacity_keeps_nothing():
     ring = RingBuffer(0)
     ring.write(b"")
-    assert not ring.truncated
     ring.write(b"abc")
     assert ring.getvalue() == b""
-    assert ring.truncated
 
 
 def test_negative_capacity_is_refused():

