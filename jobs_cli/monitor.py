@@ -43,6 +43,8 @@ Row = TypeVar("Row")
 RECENT_RUNS = 20
 # A job is overdue when its last start is this many usual intervals ago.
 OVERDUE_INTERVALS = 2
+# Fewer runs than this (a job tried by hand a few times) show no habit to judge by.
+MIN_RUNS_FOR_INTERVAL = 5
 
 # Monitoring-plugin states, also the exit codes of `check`.
 OK, WARNING, CRITICAL, UNKNOWN = 0, 1, 2, 3
@@ -293,8 +295,8 @@ class JobSummary:
 
     @property
     def usual_interval_seconds(self) -> float | None:
-        """Median time between the recent starts; None below three runs."""
-        if len(self.recent_starts) < 3:
+        """Median time between the recent starts; None below MIN_RUNS_FOR_INTERVAL runs."""
+        if len(self.recent_starts) < MIN_RUNS_FOR_INTERVAL:
             return None
         return statistics.median((newer - older).total_seconds() for newer, older
                                  in zip(self.recent_starts, self.recent_starts[1:]))
@@ -475,6 +477,8 @@ def judge(summary: JobSummary, max_age: float, warn_age: float | None = None) ->
     max_age; WARNING when older than warn_age."""
     name = summary.name
     age = summary.last_success_age_seconds
+    if summary.last_run_id is None:
+        return Verdict(name, CRITICAL, "no runs recorded (is the name right?)")
     if age is None:
         return Verdict(name, CRITICAL, "never succeeded")
     if summary.last_state == DEAD:

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 def emit_json(value: Any) -> None:
     json.dump(value, sys.stdout, ensure_ascii=False)
     sys.stdout.write("\n")
+    sys.stdout.flush()  # a closed pipe raises here, for JobsGroup, not at interpreter exit
 
 
 def emit_csv(rows: Iterable[dict[str, Any]], columns: Iterable[str]) -> None:
@@ -36,6 +37,7 @@ def emit_csv(rows: Iterable[dict[str, Any]], columns: Iterable[str]) -> None:
     writer = csv.DictWriter(sys.stdout, fieldnames=list(columns), lineterminator="\r\n")
     writer.writeheader()
     writer.writerows(rows)
+    sys.stdout.flush()  # a closed pipe raises here, for JobsGroup, not at interpreter exit
 
 
 # -- terminal -------------------------------------------------------------------
@@ -47,33 +49,71 @@ UNICODE_MARKS = {SUCCESS: "✓", ERROR: "✗", LIVE: "▶", RUNNING: "▷", DEAD
 ASCII_MARKS = {SUCCESS: "+", ERROR: "x", LIVE: ">", RUNNING: ">", DEAD: "!"}
 
 
+# The width when stdout is not a terminal and COLUMNS is not set: tables take their
+# natural width up to this, so `grep` and `awk` see whole names (at most 255 characters).
+PIPE_WIDTH = 500
+
+
 def make_console() -> "Console":
     from rich.console import Console
 
     # rich keeps bold and the like under NO_COLOR; no ANSI styling at all is wanted.
     # Stored names and messages are data: neither markup nor emoji codes apply.
     plain = os.environ.get("NO_COLOR", "") != ""
-    return Console(highlight=False, markup=False, emoji=False,
-                   color_system=None if plain else "auto")
+    console = Console(highlight=False, markup=False, emoji=False,
+                      color_system=None if plain else "auto")
+    columns = os.environ.get("COLUMNS", "")
+    if not (columns.isdigit() and int(columns) > 0):
+        # rich's own default off a terminal is 80 columns; COLUMNS=0 gives it 0.
+        if not console.is_terminal:
+            console.width = PIPE_WIDTH
+        elif console.width < 1:
+            console.width = 80
+    return console
+
+
+def write_out(console: "Console", *renderables: Any, **options: Any) -> None:
+    """Print to stdout a line at a time, then flush, as emit_json and emit_csv do.
+
+    rich writes everything in one call. With PYTHONUNBUFFERED set, a reader that goes
+    away during that call went unnoticed (the write just comes back short), so
+    `list | head -1` exited 0 where `list --json | head -c 10` exited 1; buffered,
+    rich turned the error into its own exit. A BrokenPipeError now reaches
+    JobsGroup from here as it does from them.
+    """
+    with console.capture() as captured:
+        for renderable in renderables:
+            console.print(renderable, **options)
+    for line in captured.get().splitlines(keepends=True):
+        sys.stdout.write(line)
+    sys.stdout.flush()
 
 
 def unicode_ok(console: "Console") -> bool:
     return console.encoding.lower().startswith("utf")
 
 
+ESCAPED = ("Cc", "Zl", "Zp")  # control characters, line and paragraph separators
+
+
 def printable(text: str, multiline: bool = False) -> str:
     """Control characters as escapes (\\x1b), so stored text cannot drive the terminal."""
     kept = "\n\t" if multiline else ""
-    return "".join(ch if ch in kept or unicodedata.category(ch) != "Cc" else repr(ch)[1:-1]
-                   for ch in text)
+    return "".join(ch if ch in kept or unicodedata.category(ch) not in ESCAPED
+                   else repr(ch)[1:-1] for ch in text)
 
 
-def cell(text: str | None, style: str = "", wrap: bool = False) -> "Text":
-    """One line of data; wrapped, or cut with an ellipsis, when its column is narrowed."""
+def first_line(text: str | None) -> str:
+    """The first line that is not blank, for a one-line summary of a message."""
+    return next((line for line in (text or "").splitlines() if line.strip()), "")
+
+
+def cell(text: str | None, style: str = "") -> "Text":
+    """One line of data, cut with an ellipsis when its column is narrowed; a line
+    break in it shows as \\n (pass a message through first_line first)."""
     from rich.text import Text
 
-    return Text(printable((text or "").split("\n", 1)[0]), style=style, no_wrap=not wrap,
-                overflow="fold" if wrap else "ellipsis")
+    return Text(printable(text or ""), style=style, no_wrap=True, overflow="ellipsis")
 
 
 def new_table(title: str | None = None) -> "Table":
@@ -90,47 +130,80 @@ class Column:
     header: str
     value: Callable[[Any], "Text | str"]
     right: bool = False
-    # Wrapping columns share the width the others leave, down to FLEX_WIDTH each.
-    wraps: bool = False
-    # Columns with a rank are left out, lowest rank first, while the table is too wide.
+    # Columns with a shrink rank give up width, down to FLEX_WIDTH each and the widest
+    # first among those of the lowest rank, before those of the next rank. The others
+    # keep their natural width while they can.
+    shrink_rank: int | None = None
+    # Columns with a drop rank are left out, lowest rank first, while the table is too wide.
     drop_rank: int | None = None
 
 
 FLEX_WIDTH = 8
 
 
+def column_widths(columns: list[Column], natural: list[int], room: int
+                  ) -> tuple[list[int], list[int]]:
+    """The columns kept, by index, and their widths: with one space between columns,
+    at most `room` wide (room >= 1).
+
+    Columns are left out by drop rank while even the shrinking ones at FLEX_WIDTH do
+    not fit; then those shrink. On a very narrow screen every column then shrinks,
+    widest first, down to one cell, and the last ones go when even that does not fit.
+    """
+    def floor(index: int) -> int:
+        shrinks = columns[index].shrink_rank is not None
+        return min(natural[index], FLEX_WIDTH) if shrinks else natural[index]
+
+    def excess(widths: dict[int, int]) -> int:
+        return sum(widths.values()) + len(widths) - 1 - room
+
+    kept = list(range(len(columns)))
+    for index in sorted((index for index, column in enumerate(columns)
+                         if column.drop_rank is not None),
+                        key=lambda index: columns[index].drop_rank):
+        if len(kept) == 1 or excess({i: floor(i) for i in kept}) <= 0:
+            break
+        kept.remove(index)
+    while len(kept) > 1 and 2 * len(kept) - 1 > room:
+        kept.pop()
+    # A column wider than the room is cut anyway; this bounds the loops below.
+    widths = {index: min(natural[index], room) for index in kept}
+
+    def narrow(indices: list[int], least: Callable[[int], int]) -> None:
+        while excess(widths) > 0:
+            wider = [index for index in indices if widths[index] > least(index)]
+            if not wider:
+                return
+            widths[max(wider, key=lambda index: widths[index])] -= 1
+
+    ranks = sorted({columns[index].shrink_rank for index in kept} - {None})
+    for rank in ranks:
+        narrow([index for index in kept if columns[index].shrink_rank == rank], floor)
+    narrow(kept, lambda index: 1)
+    return kept, [widths[index] for index in kept]
+
+
 def fitted_table(console: "Console", columns: list[Column], groups: Iterable[list[Any]],
                  title: str | None = None) -> "Table":
-    """One row per item, a line between non-empty groups, as many columns as fit.
+    """One row per item and one line per row, a line between non-empty groups, as many
+    columns as fit the console's width, every cell cut with an ellipsis when too long.
 
-    rich narrows only wrapping columns and crops the rest at the terminal's edge,
-    so the columns that do not fit are left out instead.
+    The widths are worked out here: rich would otherwise wrap cells, or narrow every
+    column alike, the id and the state included.
     """
     from rich.cells import cell_len
     from rich.text import Text
 
     rows = [[[column.value(item) for column in columns] for item in group]
             for group in groups if group]
-
-    def width(index: int) -> int:
-        texts = [columns[index].header, *(row[index] for group in rows for row in group)]
-        widest = max(cell_len(text.plain if isinstance(text, Text) else text) for text in texts)
-        return min(widest, FLEX_WIDTH) if columns[index].wraps else widest
-
-    widths = [width(index) for index in range(len(columns))]
-    kept = list(range(len(columns)))
-    droppable = sorted((index for index, column in enumerate(columns)
-                        if column.drop_rank is not None),
-                       key=lambda index: columns[index].drop_rank)
-    for index in droppable:
-        if sum(widths[i] for i in kept) + len(kept) - 1 <= console.width:
-            break
-        kept.remove(index)
+    natural = [max(cell_len(text.plain if isinstance(text, Text) else text)
+                   for text in (column.header, *(row[index] for group in rows for row in group)))
+               for index, column in enumerate(columns)]
+    kept, widths = column_widths(columns, natural, console.width)
     table = new_table(title)
-    for index in kept:
-        column = columns[index]
-        table.add_column(column.header, justify="right" if column.right else "left",
-                         no_wrap=not column.wraps, min_width=FLEX_WIDTH if column.wraps else None)
+    for index, width in zip(kept, widths):
+        table.add_column(columns[index].header, justify="right" if columns[index].right else "left",
+                         width=width, no_wrap=True, overflow="ellipsis")
     for group in rows:
         if table.row_count:
             table.add_section()
@@ -168,27 +241,29 @@ def runs_table(console: "Console", *groups: list[RunView], utc: bool = False,
 
     def route(run: RunView) -> Text:
         return cell(f"{run.source} {arrow} {run.destination}"
-                    if run.source or run.destination else "", wrap=True)
+                    if run.source or run.destination else "")
 
+    # The id and the name are always shown, if need be cut.
     columns = [
         Column("id", lambda run: str(run.id), right=True),
-        Column("name", lambda run: cell(run.name, wrap=True), wraps=True),
-        Column("status", lambda run: state_cell(console, run.state)),
+        Column("name", lambda run: cell(run.name), shrink_rank=2),
+        Column("status", lambda run: state_cell(console, run.state), drop_rank=6),
         Column("started", lambda run: cell(f"{moment(run.start_date, utc, short=True)} "
-                                           f"({ago(run.age_seconds)})")),
+                                           f"({ago(run.age_seconds)})"), drop_rank=5),
         Column("duration", lambda run: seconds_text(run.duration_seconds), right=True,
                drop_rank=3),
         Column("records", lambda run: "" if run.records_processed is None
                else str(run.records_processed), right=True, drop_rank=2),
-        Column(f"source {arrow} destination", route, wraps=True, drop_rank=1),
-        Column("message", lambda run: cell(run.message, wrap=True), wraps=True, drop_rank=4),
+        Column(f"source {arrow} destination", route, shrink_rank=1, drop_rank=1),
+        Column("message", lambda run: cell(first_line(run.message)), shrink_rank=1,
+               drop_rank=4),
     ]
     return fitted_table(console, columns, groups, title)
 
 
 def print_runs(runs: list[RunView], utc: bool) -> None:
     console = make_console()
-    console.print(runs_table(console, runs, utc=utc))
+    write_out(console, runs_table(console, runs, utc=utc))
 
 
 def print_run(run: RunView, utc: bool) -> None:
@@ -219,11 +294,13 @@ def print_run(run: RunView, utc: bool) -> None:
         ("lease until", value(moment(run.lease_until, utc))),
     ):
         grid.add_row(label, shown)
-    console.print(grid)
+    write_out(console, grid)
+    texts = []
     for label, text in (("message", run.message), ("output (tail)", run.output)):
         if text:
-            console.print(Text(f"\n{label}:", style="bold"))
-            console.print(Text(printable(text.rstrip("\n"), multiline=True)), soft_wrap=True)
+            texts += [Text(f"\n{label}:", style="bold"),
+                      Text(printable(text.rstrip("\n"), multiline=True))]
+    write_out(console, *texts, soft_wrap=True)
 
 
 def outcome_strip(console: "Console", states: list[str | None]) -> "Text":
@@ -244,11 +321,12 @@ def unfinished_text(summary: JobSummary) -> str:
 def print_status(summaries: list[JobSummary]) -> None:
     console = make_console()
     columns = [
-        Column("job", lambda s: cell(s.name, wrap=True), wraps=True),
+        Column("job", lambda s: cell(s.name), shrink_rank=2),
         Column("last run", lambda s: state_cell(console, s.last_state,
-                                                f" {ago(s.last_age_seconds)}")),
+                                                f" {ago(s.last_age_seconds)}"), drop_rank=7),
         Column("succeeded", lambda s: cell(ago(s.last_success_age_seconds),
-                                           "" if s.last_success_end else STATE_STYLES[ERROR])),
+                                           "" if s.last_success_end else STATE_STYLES[ERROR]),
+               drop_rank=6),
         Column("ok", lambda s: "" if s.success_rate is None else f"{s.success_rate:.0%}",
                right=True, drop_rank=3),
         Column("median", lambda s: seconds_text(s.median_success_seconds), right=True,
@@ -257,13 +335,14 @@ def print_status(summaries: list[JobSummary]) -> None:
         Column(f"last {RECENT_RUNS}", lambda s: outcome_strip(console, s.recent_states[::-1]),
                drop_rank=5),
         Column("problems", lambda s: cell("; ".join(problem.text for problem in s.problems),
-                                          SEVERITY_STYLES[s.severity], wrap=True), wraps=True),
+                                          SEVERITY_STYLES[s.severity]),
+               shrink_rank=1, drop_rank=8),
     ]
     if any(s.live or s.dead or s.running for s in summaries):
         columns.insert(3, Column("now", lambda s: cell(unfinished_text(s),
                                                        STATE_STYLES[DEAD] if s.dead else ""),
                                  drop_rank=4))
-    console.print(fitted_table(console, columns, [summaries]))
+    write_out(console, fitted_table(console, columns, [summaries]))
 
 
 # -- monitoring -----------------------------------------------------------------

@@ -22,6 +22,9 @@ if TYPE_CHECKING:
     import psycopg
     from psycopg import sql
 
+# Keeps a name, with the rest of an index entry, within a btree page's limit,
+# and names readable in a table.
+MAX_NAME_LENGTH = 255
 MAX_RECORDS = 2**31 - 1  # records_processed is an integer column
 
 
@@ -140,6 +143,13 @@ def validate_name(name: str) -> str:
     """Reject names a person could not tell apart or type; keep every other name exactly."""
     if not name or not name.strip():
         raise InvalidInput("job name must not be empty")
+    if len(name) > MAX_NAME_LENGTH:
+        raise InvalidInput(f"job name {name[:40]!r}… is longer than {MAX_NAME_LENGTH} characters")
+    try:
+        name.encode()
+    except UnicodeEncodeError:
+        # Bytes that are not UTF-8 on the command line arrive as lone surrogates.
+        raise InvalidInput(f"job name {name!r} is not valid UTF-8") from None
     if any(unicodedata.category(ch) == "Cc" for ch in name):
         raise InvalidInput(f"job name {name!r} contains a control character")
     return name
@@ -309,7 +319,9 @@ RETURNING {columns}
 REAP_RUNS = """
 UPDATE {table}
 SET status = 'error',
-    end_date = greatest(now(), start_date),
+    -- A dead run ended at its last proof of life, not when someone noticed.
+    end_date = CASE WHEN lease_until IS NULL THEN greatest(now(), start_date)
+                    ELSE greatest(heartbeat_at, start_date) END,
     message = concat_ws('; ', 'abandoned: ' || CASE
         WHEN lease_until IS NULL THEN %(unsupervised_reason)s::text
         ELSE 'no heartbeat since '

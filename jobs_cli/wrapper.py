@@ -18,7 +18,9 @@ import math
 import os
 import pwd
 import shlex
+import shutil
 import socket
+import sys
 import time
 import uuid
 from dataclasses import dataclass
@@ -144,6 +146,9 @@ def child_environment(base: Mapping[str, str], database: Database, name: str,
     """
     env = dict(base)
     env[config.ENV_NAME] = name
+    own = _own_executable()
+    if own:
+        env[config.ENV_CLI] = own
     env[config.ENV_SCHEMA] = database.schema
     env[config.ENV_HOME] = str(database.home)
     if database.url:
@@ -159,6 +164,14 @@ def child_environment(base: Mapping[str, str], database: Database, name: str,
     env.update(zip(run_variables, (str(claim.run.id), "" if last is None else str(last),
                                    "" if last is None else iso_seconds(last))))
     return env
+
+
+def _own_executable() -> str | None:
+    """The jobs-cli running this, for a command under cron's minimal PATH."""
+    path = os.path.abspath(sys.argv[0])
+    if os.path.basename(path) in ("jobs-cli", "jobs") and os.access(path, os.X_OK):
+        return path
+    return shutil.which("jobs-cli")
 
 
 def _username() -> str:

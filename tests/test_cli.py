@@ -241,3 +241,9 @@ def test_no_command_shows_the_help_on_stderr_exit_2(cli):
 def test_watch_refuses_without_a_terminal(cli):
     result = cli("watch")
     assert result.returncode == 2 and "use `jobs-cli list`" in result.stderr
+
+
+def test_a_name_that_is_not_utf8_is_a_usage_error(sh, conn):
+    result = sh("jobs-cli start \"$(printf 'caf\\351')\"")
+    assert result.returncode == 2 and "not valid UTF-8" in result.stderr
+    assert conn.execute("SELECT count(*) FROM jobs").fetchone() == (0,)

@@ -121,6 +121,18 @@ def test_a_database_given_as_an_option_reaches_the_command(cli_env, conn, db_url
     assert rows(conn, "records_processed") == [(1,)]
 
 
+def test_under_crons_minimal_path_the_command_finds_jobs_cli_in_jobs_cli(cli_env, conn):
+    """cron's PATH has no virtualenv in it: JOBS_CLI names the wrapper's own jobs-cli."""
+    jobs_cli = shutil.which("jobs-cli", path=cli_env["PATH"])
+    env = {"PATH": "/usr/bin:/bin", "JOBS_DATABASE_URL": cli_env["JOBS_DATABASE_URL"],
+           "JOBS_HOME": cli_env["JOBS_HOME"]}
+    result = subprocess.run(
+        ["sh", "-c", f'{jobs_cli} run --name cron -- sh -c \'"$JOBS_CLI" report --records 7\''],
+        env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert rows(conn, "records_processed") == [(7,)]
+
+
 def test_nested_calls_reach_the_embedded_default_too(cli_env, home):
     env = {key: value for key, value in cli_env.items() if key != "JOBS_DATABASE_URL"}
     script = 'jobs-cli report --message "from inside"; jobs-cli last-success emb --default -1'

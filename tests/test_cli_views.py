@@ -132,12 +132,98 @@ def test_status_falls_back_to_ascii(cli, history):
     assert result.returncode == 0 and "+x" in result.stdout
 
 
+# -- tables: one line per row, whole names when piped ------------------------------
+
+LONG_NAME = "nightly_orders_sync_from_the_erp_into_the_warehouse_full_run"  # 60 characters
+
+
+def shell(cli_env, script: str, columns: int | None = None) -> subprocess.CompletedProcess:
+    """`script` in sh, stdout a pipe; COLUMNS unset, as in a shell that does not export it."""
+    env = {k: v for k, v in cli_env.items() if k != "COLUMNS"}
+    if columns is not None:
+        env["COLUMNS"] = str(columns)
+    return subprocess.run(["sh", "-c", script], env=env, capture_output=True, text=True,
+                          timeout=60)
+
+
+def rows_of(table: str) -> list[str]:
+    """A table's rows, after checking that it is one header line, a rule, then rows."""
+    header, rule, *rows = table.splitlines()
+    assert header.split()[0] in ("id", "job", "i…", "j…", "…") and set(rule) == {"─"}
+    return rows
+
+
+@pytest.fixture
+def long_names(conn):
+    add_run(conn, LONG_NAME, ago=7200, took=60, message="first line\nsecond line")
+    add_run(conn, LONG_NAME, "error", ago=3600, took=5, message="boom " * 100,
+            source="s" * 50)
+    add_run(conn, "short", ago=600, took=30, records=3, message="\n\nafter blank lines\n")
+
+
+def test_piped_list_keeps_names_whole_for_grep(cli_env, long_names):
+    assert shell(cli_env, f"jobs-cli list --name {LONG_NAME} | grep -c {LONG_NAME}"
+                 ).stdout == "2\n"
+    result = shell(cli_env, "jobs-cli list")
+    assert result.returncode == 0 and "\x1b" not in result.stdout
+    rows = rows_of(result.stdout)
+    assert [row.split()[:2] for row in rows] == [["3", "short"], ["2", LONG_NAME],
+                                                 ["1", LONG_NAME]]
+    assert rows[0].rstrip().endswith(" after blank lines")
+    assert rows[2].rstrip().endswith(" first line") and "second line" not in result.stdout
+    assert "s" * 50 + " → dwh" in rows[1] and "boom boom" in rows[1]
+    awk = shell(cli_env, "jobs-cli list --status error | awk 'NR > 2 { print $2 }'")
+    assert awk.stdout == f"{LONG_NAME}\n"
+
+
+def test_piped_status_has_one_line_per_job(cli_env, long_names):
+    rows = rows_of(shell(cli_env, "jobs-cli status").stdout)
+    assert [row.split()[0] for row in rows] == [LONG_NAME, "short"]
+    assert "last run failed" in rows[0]
+
+
+@pytest.mark.parametrize("columns", [60, 20, 5])
+def test_narrow_tables_cut_cells_instead_of_wrapping(cli_env, long_names, columns):
+    runs = rows_of(shell(cli_env, "jobs-cli list", columns).stdout)
+    assert [row.split()[0] for row in runs] == ["3", "2", "1"]
+    jobs = rows_of(shell(cli_env, "jobs-cli status", columns).stdout)
+    assert len(jobs) == 2 and jobs[1].startswith("short"[:columns - 1])
+    assert all(len(row) <= columns for row in runs + jobs)
+    assert all(LONG_NAME not in row and "…" in row for row in runs[1:] + jobs[:1])
+    if columns == 60:  # the first line of the message, cut, but no second line
+        assert "first" in runs[2] and "boom" in runs[1] and "second" not in "".join(runs)
+
+
+@pytest.fixture
+def lots(conn):
+    """Enough of everything that each view's output overflows a pipe's buffer."""
+    for number in range(400):
+        add_run(conn, f"{number:03}_{'x' * 196}", ago=7200 - number, took=5, records=number,
+                message="m" * 300, output="o" * 300)
+    add_run(conn, "verbose", output="a line of output\n" * 10000)
+
+
+@pytest.mark.parametrize("unbuffered", ["", "1"])
+@pytest.mark.parametrize("command", ["list --limit 500", "list --limit 500 --json",
+                                     "list --limit 500 --csv", "status", "show 401"])
+def test_every_view_exits_1_when_the_reader_goes_away(cli_env, lots, command, unbuffered):
+    """Like `jobs-cli list | head -1`, the same for tables and the others, with or without
+    PYTHONUNBUFFERED (unbuffered, rich's one big write came back short, unnoticed)."""
+    process = subprocess.Popen(["jobs-cli", *command.split()], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE,
+                               env={**cli_env, "PYTHONUNBUFFERED": unbuffered})
+    assert len(process.stdout.read(1000)) == 1000
+    process.stdout.close()
+    assert process.wait(timeout=60) == 1
+    assert process.stderr.read() == b""
+
+
 @pytest.mark.parametrize("names, options, code, line", [
     (["invoices"], ["--max-age", "1h"], 0, "OK - invoices: last success 9m"),
     (["invoices"], ["--max-age", "1h", "--warn-age", "5m"], 1,
      "WARNING - invoices: last success 9m"),
     (["orders_sync"], ["--max-age", "1d"], 2, "CRITICAL - orders_sync: last run failed 59m"),
-    (["never"], ["--max-age", "1d"], 2, "CRITICAL - never: never succeeded"),
+    (["never"], ["--max-age", "1d"], 2, "CRITICAL - never: no runs recorded (is the name right?)"),
     (["invoices"], ["--max-age", "5m"], 2, "CRITICAL - invoices: last success 9m"),
     (["invoices", "orders_sync", "never"], ["--max-age", "1h"], 2,
      "CRITICAL - orders_sync: last run failed 59m"),
@@ -154,7 +240,7 @@ def test_check_outcomes(cli, history, names, options, code, line):
 
 def test_check_several_names_mentions_each_problem(cli, history):
     result = cli("check", "invoices", "orders_sync", "never", "--max-age", "1h")
-    assert result.stdout.count(": ") == 2 and "never: never succeeded" in result.stdout
+    assert result.stdout.count(": ") == 2 and "never: no runs recorded" in result.stdout
     assert "invoices" not in result.stdout
 
 

@@ -159,7 +159,7 @@ def test_problems_come_first(conn):
     add_run(conn, "orphaned", ago=900)
     add_run(conn, "orphaned", "in_progress", ago=100, lease=-10)
     add_run(conn, "new", "in_progress", ago=5)
-    for hours_ago in (10, 9, 8, 7):  # hourly until seven hours ago
+    for hours_ago in (11, 10, 9, 8, 7):  # hourly until seven hours ago
         add_run(conn, "overdue", ago=hours_ago * 3600)
     ordered = problems_first(job_summaries(conn, SCHEMA))
     assert [(s.name, [p.text.split(" ")[0] for p in s.problems]) for s in ordered] == [
@@ -173,7 +173,7 @@ def test_problems_come_first(conn):
     ([("success", 600)], OK, "last success 9m50s ago"),
     ([("success", 5400)], WARNING, "last success 1h29m ago (warn 1h)"),
     ([("success", 9000)], CRITICAL, "last success 2h29m ago (max 2h)"),
-    ([], CRITICAL, "never succeeded"),
+    ([], CRITICAL, "no runs recorded (is the name right?)"),
     ([("error", 600)], CRITICAL, "never succeeded"),
     ([("success", 900), ("error", 600)], CRITICAL, "last run failed 9m50s ago, last success"),
     ([("success", 900), ("in_progress", 600)], OK, "last success 14m50s ago"),
@@ -291,3 +291,10 @@ def test_views_read_indexes_not_the_table(conn):
     # A bitmap heap scan reads the rows a bitmap index scan found.
     index_reads = {"Index Scan", "Index Only Scan", "Bitmap Heap Scan"}
     assert all(found and found <= index_reads for found in scans.values()), scans
+
+
+def test_a_few_runs_by_hand_are_not_a_habit_to_be_overdue_from(conn):
+    for hours_ago in (10, 9, 8, 7):
+        add_run(conn, "tried", ago=hours_ago * 3600)
+    (summary,) = job_summaries(conn, SCHEMA)
+    assert summary.usual_interval_seconds is None and summary.problems == []

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -122,6 +123,57 @@ def test_tables_fit_the_width_by_leaving_columns_out(capsys, monkeypatch, column
     assert all(cell_len(line) <= columns for line in lines)
     assert all(word in lines[0] for word in kept)
     assert not any(word in lines[0] for word in dropped)
+
+
+LONG_NAME = "orders_sync_from_the_erp_into_the_warehouse_nightly_full_run"  # 60 characters
+
+
+def table_rows(out: str) -> list[str]:
+    """The rows of a table printed alone, colours left out, after checking that its
+    other lines are one header and one rule: every other line is a whole row."""
+    header, rule, *rows = re.sub(r"\x1b\[[0-9;]*m", "", out).splitlines()
+    assert set(rule) == {"─"} and len(rule) == cell_len(header)
+    return rows
+
+
+def test_piped_table_is_as_wide_as_its_content(capsys, monkeypatch):
+    """Not rich's 80 columns: grep and awk on piped output see whole names."""
+    monkeypatch.delenv("COLUMNS")
+    render.print_runs([run_view(name=LONG_NAME, message="x" * 2000, source="s" * 30),
+                       run_view(id=8, message="first line\nsecond line")], utc=True)
+    first, second = table_rows(capsys.readouterr().out)
+    assert first.split()[:3] == ["7", LONG_NAME, "✓"] and "s" * 30 + " → dwh" in first
+    assert 80 < cell_len(first) <= render.PIPE_WIDTH and first.rstrip().endswith("x…")
+    assert second.split()[:2] == ["8", "orders_sync"] and second.rstrip().endswith("first line")
+
+
+@pytest.mark.parametrize("columns, in_a_terminal", [
+    (None, False), (160, False), (60, False), (20, False), (5, False), (1, False),
+    (160, True), (60, True), (5, True),
+])
+def test_every_run_is_one_line_at_any_width(capsys, monkeypatch, request, columns,
+                                            in_a_terminal):
+    if in_a_terminal:
+        request.getfixturevalue("terminal")
+    if columns is None:
+        monkeypatch.delenv("COLUMNS")
+    else:
+        monkeypatch.setenv("COLUMNS", str(columns))
+    runs = [run_view(id=7, name=LONG_NAME, message="x" * 300, source="s" * 40),
+            run_view(id=8, message="source down\nretry later\n"),
+            run_view(id=9, name="n\nm", message="\n\nafter blank lines")]
+    render.print_runs(runs, utc=True)
+    out = capsys.readouterr().out
+    assert ("\x1b[" in out) == in_a_terminal
+    rows = table_rows(out)
+    assert [row.split()[0] for row in rows] == ["7", "8", "9"]
+    assert all(cell_len(row) <= (columns or render.PIPE_WIDTH) for row in rows)
+    assert "retry later" not in out
+    if columns == 5:
+        assert [row.split() for row in rows] == [["7", "o…"], ["8", "o…"], ["9", "n…"]]
+    if columns in (None, 160):
+        assert LONG_NAME in rows[0] and "source down" in rows[1]
+        assert "after blank lines" in rows[2] and "n\\nm" in rows[2]
 
 
 def test_status_table(capsys):

@@ -63,13 +63,15 @@ def test_end_status_must_be_success_or_error(conn):
         runs.end_run(conn, SCHEMA, run.id, "in_progress")
 
 
-@pytest.mark.parametrize("name", ["", "   ", "\t", "a\nb", "tab\there", "nul\x00", "bell\x07"])
+@pytest.mark.parametrize("name", ["", "   ", "\t", "a\nb", "tab\there", "nul\x00", "bell\x07",
+                                  "x" * 256, "bad\udcff"])
 def test_invalid_names_rejected(conn, name):
     with pytest.raises(InvalidInput):
         runs.start_run(conn, SCHEMA, name)
 
 
-@pytest.mark.parametrize("name", [" padded ", "ünïcode ✓", "with space", "a'b\"c", "x" * 500])
+@pytest.mark.parametrize("name", [" padded ", "ünïcode ✓", "with space", "a'b\"c", "x" * 255,
+                                  "名" * 255])
 def test_other_names_stored_exactly(conn, name):
     run = runs.start_run(conn, SCHEMA, name)
     assert runs.get_run(conn, SCHEMA, run.id).name == name
@@ -152,3 +154,14 @@ def test_last_success_uses_the_partial_index(conn):
         "EXPLAIN " + runs.statement(runs.LAST_START_BY_STATUS, SCHEMA).as_string(conn),
         {"name": "job7", "status": "success"}))
     assert "jobs_success_by_name" in plan
+
+
+def test_a_reaped_run_ends_at_its_last_heartbeat(conn):
+    conn.execute("""
+        INSERT INTO jobs (name, status, start_date, heartbeat_at, lease_until, source, destination)
+        VALUES ('j', 'in_progress', now() - interval '1 hour', now() - interval '50 minutes',
+                now() - interval '40 minutes', '', '')""")
+    (reaped,) = runs.reap_runs(conn, SCHEMA)
+    heartbeat = conn.execute("SELECT heartbeat_at FROM jobs").fetchone()[0]
+    assert reaped.status == "error" and reaped.end_date == heartbeat
+    assert reaped.message.startswith("abandoned: no heartbeat since ")
