@@ -35,7 +35,7 @@ class Job:
     def __init__(self, name: str, source: str = "", destination: str = "",
                  database_url: str | None = None, schema: str | None = None):
         """database_url and schema default to JOBS_DATABASE_URL and JOBS_SCHEMA, as in the CLI."""
-        self.name = runs.validate_name(name)
+        self.name = runs.validate_new_name(name)
         self.source = source
         self.destination = destination
         self.database = Database(

@@ -143,8 +143,6 @@ def validate_name(name: str) -> str:
     """Reject names a person could not tell apart or type; keep every other name exactly."""
     if not name or not name.strip():
         raise InvalidInput("job name must not be empty")
-    if len(name) > MAX_NAME_LENGTH:
-        raise InvalidInput(f"job name {name[:40]!r}… is longer than {MAX_NAME_LENGTH} characters")
     try:
         name.encode()
     except UnicodeEncodeError:
@@ -153,6 +151,13 @@ def validate_name(name: str) -> str:
     if any(unicodedata.category(ch) == "Cc" for ch in name):
         raise InvalidInput(f"job name {name!r} contains a control character")
     return name
+
+
+def validate_new_name(name: str) -> str:
+    """validate_name, and short enough for a new run; an adopted longer name can still be read."""
+    if len(name) > MAX_NAME_LENGTH:
+        raise InvalidInput(f"job name {name[:40]!r}… is longer than {MAX_NAME_LENGTH} characters")
+    return validate_name(name)
 
 
 def parse_run_id(value: str | int) -> int:
@@ -176,7 +181,7 @@ def validate_records(records: int | None) -> int | None:
 def start_run(conn: "psycopg.Connection", schema: str, name: str, *, source: str = "",
               destination: str = "", message: str | None = None) -> Run:
     """Insert an in_progress run started now (server time)."""
-    params = {"name": validate_name(name), "source": source, "destination": destination,
+    params = {"name": validate_new_name(name), "source": source, "destination": destination,
               "message": message}
     run = fetch_run(conn, INSERT_RUN, schema, params)
     assert run is not None

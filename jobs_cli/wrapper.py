@@ -32,7 +32,7 @@ from .db import Database
 from .errors import DatabaseError, NotStarted, Overlap
 from .recorder import Recorder
 from .ringbuffer import tail_text
-from .runs import Claim, Invocation, RunResult, iso_seconds, validate_name
+from .runs import Claim, Invocation, RunResult, iso_seconds, validate_new_name
 from .states import ERROR, SUCCESS
 from .supervise import supervise
 
@@ -66,7 +66,7 @@ def wrap(command: Sequence[str], options: RunOptions, recorder: Recorder) -> int
     """
     deadline = None if options.timeout is None else time.monotonic() + options.timeout
     invocation = Invocation(
-        run_key=uuid.uuid4().hex, name=validate_name(options.name), source=options.source,
+        run_key=uuid.uuid4().hex, name=validate_new_name(options.name), source=options.source,
         destination=options.destination, command=shlex.join(command),
         host=socket.gethostname(), pid=os.getpid(), username=_username())
     claim, claimed_at = _claim(invocation, options, recorder, deadline)

@@ -100,9 +100,10 @@ def test_last_success_exit_codes(cli, conn):
 
 
 @pytest.mark.parametrize("tz", ["UTC", "America/New_York", "Asia/Kathmandu", "Etc/GMT-14"])
-def test_last_success_same_whatever_the_client_tz(cli, conn, tz):
+def test_last_success_same_whatever_the_client_or_server_tz(cli, conn, tz):
     conn.execute("INSERT INTO jobs (name, status, start_date, end_date, source, destination)"
                  " VALUES ('a', 'success', '2024-11-03T05:30:00Z', '2024-11-03T06:30:00Z', '', '')")
+    conn.execute(f"ALTER DATABASE {conn.info.dbname} SET TimeZone = '{tz}'")
     env = {"TZ": tz, "PGTZ": tz}
     assert cli("last-success", "a", env=env).stdout == "1730611800\n"
     assert cli("last-success", "a", "--iso", env=env).stdout == "2024-11-03T05:30:00Z\n"
