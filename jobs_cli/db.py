@@ -57,9 +57,11 @@ def describe(conninfo: str) -> str:
         params = conninfo_params(conninfo)
     except Exception:
         return "the configured database"
-    host = params.get("host") or params.get("hostaddr") or "localhost"
+    host = params.get("host") or params.get("hostaddr")
     dbname = params.get("dbname") or params.get("user") or "(default)"
-    return f'database "{dbname}" on host "{host}"'
+    # No host means libpq's default unix socket, not localhost over TCP.
+    where = f'host "{host}"' if host else "the default unix socket"
+    return f'database "{dbname}" on {where}'
 
 
 @contextmanager

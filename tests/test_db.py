@@ -46,6 +46,11 @@ def test_describe_names_host_and_database_only(url):
     assert describe(url) == 'database "warehouse" on host "db.example"'
 
 
+def test_describe_without_a_host_names_the_default_socket_not_localhost():
+    assert describe("dbname=warehouse password=s3cret") == \
+        'database "warehouse" on the default unix socket'
+
+
 def test_a_malformed_url_is_not_quoted(home):
     database = Database(url="postgresql://u:s3cret@[::1/db", home=home)
     with pytest.raises(DatabaseUnavailable) as raised:
