@@ -16,7 +16,7 @@ from typing import Iterator
 import click
 
 from . import config
-from .durations import parse_positive_duration
+from .durations import parse_positive_duration, parse_seconds
 from .errors import (EXIT_ERROR, EXIT_INTERRUPTED, EXIT_NO_SUCCESS, EXIT_NOT_RUNNING, InvalidInput,
                      JobsError)
 from .states import STATUS_FILTERS
@@ -433,14 +433,18 @@ def tell(message: str) -> None:
     click.echo(f"jobs-cli: {message}", err=True)
 
 
-def seconds_from_env(variable: str, default: float) -> float:
+def seconds_from_env(variable: str, default: float, *, positive: bool = False) -> float:
+    """A JOBS_*_SECONDS variable: plain seconds, as its name says."""
     text = os.environ.get(variable)
     if not text:
         return default
     try:
-        return parse_positive_duration(text)
+        seconds = parse_seconds(text)
     except ValueError as exc:
         raise InvalidInput(f"{variable}: {exc}") from None
+    if positive and seconds <= 0:
+        raise InvalidInput(f"{variable}: must be more than 0, not {text!r}")
+    return seconds
 
 
 def recorder_for(ctx: click.Context):
@@ -497,7 +501,7 @@ def run(ctx: click.Context, name: str, source: str, destination: str, timeout: f
         timeout=timeout, kill_after=kill_after, on_overlap=on_overlap,
         fail_open=fail_open, tail_bytes=tail_bytes, capture_stdout=capture_stdout,
         heartbeat_seconds=seconds_from_env(config.ENV_HEARTBEAT_SECONDS,
-                                           config.DEFAULT_HEARTBEAT_SECONDS))
+                                           config.DEFAULT_HEARTBEAT_SECONDS, positive=True))
     with recorder_for(ctx) as recorder:
         exit_code = wrap(command, options, recorder)
     ctx.exit(exit_code)

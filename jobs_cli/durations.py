@@ -3,6 +3,11 @@
 One syntax for every option that takes a duration (`--timeout`, `--kill-after`,
 `check --max-age`, `reap --older-than`, `list --since`), and a compact inverse for
 showing one, so what the CLI prints can be pasted back into it.
+
+A duration needs its unit: `--timeout 15` would be 15 seconds to one reader and
+15 minutes to another, so it is refused. The JOBS_*_SECONDS environment
+variables are the exception their names announce: plain seconds
+(`parse_seconds`).
 """
 
 from __future__ import annotations
@@ -19,19 +24,30 @@ _NUMBER = r"(?:\d+(?:\.\d*)?|\.\d+)"
 # `ms` before `m`, or `500ms` would read as 500 minutes followed by garbage.
 _UNIT = "ms|s|m|h|d"
 _PART = re.compile(rf"({_NUMBER})({_UNIT})")
-_DURATION = re.compile(rf"{_NUMBER}|(?:{_NUMBER}(?:{_UNIT}))+")
+_DURATION = re.compile(rf"(?:{_NUMBER}(?:{_UNIT}))+")
+_BARE_NUMBER = re.compile(_NUMBER)
 
 
 def parse_duration(text: str) -> float:
-    """Seconds in `text`; a bare number is seconds. Raises ValueError with a one-line message."""
+    """Seconds in `text`, which needs a unit. Raises ValueError with a one-line message."""
     stripped = text.strip()
+    if _BARE_NUMBER.fullmatch(stripped):
+        raise ValueError(f"duration {text!r} needs a unit: add one, e.g. {stripped}s, {stripped}m")
     if not _DURATION.fullmatch(stripped):
         raise _invalid(text)
-    if _PART.match(stripped):
-        seconds = sum(float(number) * _SECONDS_PER_UNIT[unit]
-                      for number, unit in _PART.findall(stripped))
-    else:
-        seconds = float(stripped)
+    return _bounded(sum(float(number) * _SECONDS_PER_UNIT[unit]
+                        for number, unit in _PART.findall(stripped)), text)
+
+
+def parse_seconds(text: str) -> float:
+    """A plain number of seconds, at least 0 (the JOBS_*_SECONDS variables)."""
+    stripped = text.strip()
+    if not _BARE_NUMBER.fullmatch(stripped):
+        raise ValueError(f"{text!r} is not a number of seconds (e.g. 30 or 0.5)")
+    return _bounded(float(stripped), text)
+
+
+def _bounded(seconds: float, text: str) -> float:
     if not math.isfinite(seconds):
         raise _invalid(text)
     if seconds > MAX_SECONDS:

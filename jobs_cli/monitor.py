@@ -370,16 +370,23 @@ def ago(seconds: float | None) -> str:
 
 def parse_since(text: str) -> datetime | timedelta:
     """A duration ago ("2h") as a timedelta for the server to subtract from its now(),
-    or an ISO-8601 date/time (local time when it has no offset)."""
+    or a date: YYYYMMDD or ISO-8601 date/time (local time when it has no offset)."""
+    stripped = text.strip()
     try:
-        return timedelta(seconds=parse_duration(text))
+        return timedelta(seconds=parse_duration(stripped))
     except ValueError:
         pass
     try:
-        moment = datetime.fromisoformat(re.sub(r"[zZ]$", "+00:00", text.strip()))
+        if re.fullmatch(r"\d{8}", stripped):
+            moment = datetime.strptime(stripped, "%Y%m%d")
+        else:
+            # fromisoformat alone would take any 8 digits, or 20240501T0600, as a date too.
+            if not re.fullmatch(r"\d{4}-\d{2}-\d{2}([T ].*)?", stripped):
+                raise ValueError(stripped)
+            moment = datetime.fromisoformat(re.sub(r"[zZ]$", "+00:00", stripped))
     except ValueError:
-        raise InvalidInput(f"--since: {text!r} is neither a duration (2h, 1d) "
-                           "nor an ISO date/time (2024-05-01, 2024-05-01T06:00Z)") from None
+        raise InvalidInput(f"--since: {text!r} is neither a duration (2h, 1d) nor a date "
+                           "(20240501, 2024-05-01, 2024-05-01T06:00Z)") from None
     return moment if moment.tzinfo else moment.astimezone()
 
 

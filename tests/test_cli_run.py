@@ -232,7 +232,8 @@ def test_a_timeout_ends_the_command_with_124(cli, conn):
 
 
 @pytest.mark.parametrize("option, value, error", [
-    ("--timeout", "0", "jobs-cli: Invalid value for '--timeout': duration must be more than 0, not '0'"),
+    ("--timeout", "0", "jobs-cli: Invalid value for '--timeout': duration '0' needs a unit"),
+    ("--timeout", "0s", "jobs-cli: Invalid value for '--timeout': duration must be more than 0, not '0s'"),
     ("--timeout", "-1m", "jobs-cli: Invalid value for '--timeout': invalid duration '-1m'"),
     ("--timeout", "soon", "jobs-cli: Invalid value for '--timeout': invalid duration 'soon'"),
     ("--kill-after", "1x", "jobs-cli: Invalid value for '--kill-after': invalid duration '1x'"),
@@ -249,7 +250,7 @@ def test_a_bad_heartbeat_interval_is_a_usage_error(cli, conn):
     result = cli("run", "--name", "a", "--", "true", env={"JOBS_HEARTBEAT_SECONDS": "often"})
     assert result.returncode == 2
     assert one_line(result.stderr).startswith(
-        "jobs-cli: JOBS_HEARTBEAT_SECONDS: invalid duration 'often'")
+        "jobs-cli: JOBS_HEARTBEAT_SECONDS: 'often' is not a number of seconds (e.g. 30 or 0.5)")
     assert rows(conn) == []
 
 

@@ -255,8 +255,17 @@ def test_since_parses_durations_and_iso_moments():
     assert monitor.parse_since("2h") == timedelta(hours=2)
     assert monitor.parse_since("2024-05-01T06:00Z") == datetime(2024, 5, 1, 6, tzinfo=timezone.utc)
     assert monitor.parse_since("2024-05-01").tzinfo is not None  # local midnight
+
+
+def test_since_reads_eight_digits_as_a_date():
+    assert monitor.parse_since("20240501") == monitor.parse_since("2024-05-01")
+
+
+@pytest.mark.parametrize("text", ["yesterday", "2", "86400", "2024050", "202405011", "20241301",
+                                  "2024-5-1", "2h ago"])
+def test_since_refuses_the_rest(text):
     with pytest.raises(InvalidInput, match="--since"):
-        monitor.parse_since("yesterday")
+        monitor.parse_since(text)
 
 
 # -- scale ----------------------------------------------------------------------

@@ -147,7 +147,7 @@ def test_as_root_an_existing_cluster_runs_as_its_owner(env, home):
 # -- JOBS_PG_BINDIR and JOBS_SERVER_USER ------------------------------------------------
 
 def test_a_server_that_cannot_start_means_69_unless_fail_open(env, home, tmp_path):
-    env = {**env, "JOBS_PG_BINDIR": "/nonexistent", "JOBS_RETRY_SECONDS": "0.5s"}
+    env = {**env, "JOBS_PG_BINDIR": "/nonexistent", "JOBS_RETRY_SECONDS": "0.5"}
     marker = tmp_path / "ran"
     refused = run(env, "run", "--name", "a", "--", "touch", str(marker))
     assert refused.returncode == 69 and not marker.exists()
