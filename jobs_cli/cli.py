@@ -215,6 +215,8 @@ def last_success(ctx: click.Context, name: str, default: str | None, iso: bool) 
         started = last_start(conn, ctx.obj.schema, name)
     if started is None:
         if default is None:
+            if sys.stderr.isatty():  # a script reads the exit code; a person needs words
+                tell(f"{name!r} has never succeeded")
             ctx.exit(EXIT_NO_SUCCESS)
         started = default
     click.echo(iso_seconds(started) if iso else started)
@@ -266,7 +268,8 @@ def list_command(ctx: click.Context, pattern: str | None, status: str | None,
     elif output == "csv":
         emit_csv(as_dicts(found), RUN_VIEW_FIELDS)
     else:
-        print_runs(found, utc)
+        filtered = pattern is not None or status is not None or since is not None
+        print_runs(found, utc, empty="no runs match" if filtered else "no runs recorded yet")
 
 
 @cli.command()

@@ -269,6 +269,12 @@ class JobSummary:
         return self.of_last_ended(self.recent_states)
 
     @property
+    def last_ended_words(self) -> str:
+        """"last run" always means the newest run (status's column says how it is now);
+        the newest ended one is only the last run when nothing started after it."""
+        return "last run" if self.last_state in ENDED else "last finished run"
+
+    @property
     def last_ended_age_seconds(self) -> float | None:
         return self.age(self.of_last_ended(self.recent_ends))
 
@@ -313,7 +319,8 @@ class JobSummary:
         """What a person should look at, worst first."""
         found = []
         if self.last_ended_status == ERROR:
-            found.append(Problem(CRITICAL, f"last run failed {ago(self.last_ended_age_seconds)}"))
+            found.append(Problem(CRITICAL, f"{self.last_ended_words} failed "
+                                           f"{ago(self.last_ended_age_seconds)}"))
         if self.dead:
             found.append(Problem(CRITICAL, f"{self.dead} dead run{'s' if self.dead > 1 else ''}"))
         if self.last_success_end is None and self.last_run_id is not None:
@@ -493,7 +500,8 @@ def judge(summary: JobSummary, max_age: float, warn_age: float | None = None) ->
                                        f"(started {ago(summary.last_age_seconds)}), "
                                        f"last success {ago(age)}")
     if summary.last_ended_status == ERROR:
-        return Verdict(name, CRITICAL, f"last run failed {ago(summary.last_ended_age_seconds)}, "
+        return Verdict(name, CRITICAL, f"{summary.last_ended_words} failed "
+                                       f"{ago(summary.last_ended_age_seconds)}, "
                                        f"last success {ago(age)}")
     if age > max_age:
         return Verdict(name, CRITICAL, f"last success {ago(age)} (max {format_duration(max_age)})")

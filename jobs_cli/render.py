@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import sys
 import unicodedata
 from dataclasses import dataclass
@@ -85,8 +86,20 @@ def write_out(console: "Console", *renderables: Any, **options: Any) -> None:
         for renderable in renderables:
             console.print(renderable, **options)
     for line in captured.get().splitlines(keepends=True):
-        sys.stdout.write(line)
+        sys.stdout.write(without_trailing_spaces(line))
     sys.stdout.flush()
+
+
+# rich pads every cell to its column's width, the last one included.
+_TRAILING_PADDING = re.compile(r"(?:[ \t]|\x1b\[[0-9;]*m)*$")
+_STYLE_CODE = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def without_trailing_spaces(line: str) -> str:
+    """The line without the blanks at its end; style codes among them are kept."""
+    body = line.rstrip("\n")
+    end = _TRAILING_PADDING.search(body).start()
+    return body[:end] + "".join(_STYLE_CODE.findall(body[end:])) + line[len(body):]
 
 
 def unicode_ok(console: "Console") -> bool:
@@ -106,6 +119,33 @@ def printable(text: str, multiline: bool = False) -> str:
 def first_line(text: str | None) -> str:
     """The first line that is not blank, for a one-line summary of a message."""
     return next((line for line in (text or "").splitlines() if line.strip()), "")
+
+
+def last_line(text: str | None) -> str:
+    return next((line for line in reversed((text or "").splitlines()) if line.strip()), "")
+
+
+def summary_line(run: RunView) -> str:
+    """A run's message in one line; for a failed wrapped run whose message says only how
+    it ended ("exit code 1"), with the cause: the last line of its output."""
+    headline = first_line(run.message)
+    cause = last_line(run.output)
+    # The wrapper joins what else it knows (a reported message, a reaper's verdict) to
+    # how the run ended with "; " (runs.RECORD_RESULT): then the message says enough.
+    if (run.status == ERROR and cause and run.exit_code is not None and "; " not in headline
+            and message_without_output(run) == headline):
+        return f"{headline}: {cause.strip()}"
+    return headline
+
+
+def message_without_output(run: RunView) -> str:
+    """The message less the output tail the wrapper appends to a failed run's message,
+    which `show` prints on its own."""
+    message = (run.message or "").rstrip("\n")
+    tail = (run.output or "").rstrip("\n")
+    if tail and message.endswith("\n" + tail):
+        return message[:-len(tail) - 1]
+    return message
 
 
 def cell(text: str | None, style: str = "") -> "Text":
@@ -130,15 +170,23 @@ class Column:
     header: str
     value: Callable[[Any], "Text | str"]
     right: bool = False
-    # Columns with a shrink rank give up width, down to FLEX_WIDTH each and the widest
-    # first among those of the lowest rank, before those of the next rank. The others
-    # keep their natural width while they can.
+    # Columns with a shrink rank give up width, down to `least` each (FLEX_WIDTH by
+    # default) and the widest first among those of the lowest rank, before those of the
+    # next rank. The others keep their natural width while they can.
     shrink_rank: int | None = None
+    least: int | None = None
     # Columns with a drop rank are left out, lowest rank first, while the table is too wide.
     drop_rank: int | None = None
+    # A shorter rendering ("5s ago" for "19:21:12 (5s ago)"), used when the table does not
+    # fit at its natural width: before anything is left out or cut.
+    compact: Callable[[Any], "Text | str"] | None = None
 
 
 FLEX_WIDTH = 8
+# The name is what an operator scans for: it is cut last, and columns are left out
+# before it is cut to less than this.
+NAME_WIDTH = 30
+NAME_SHRINK_RANK = 9
 
 
 def column_widths(columns: list[Column], natural: list[int], room: int
@@ -151,8 +199,10 @@ def column_widths(columns: list[Column], natural: list[int], room: int
     widest first, down to one cell, and the last ones go when even that does not fit.
     """
     def floor(index: int) -> int:
-        shrinks = columns[index].shrink_rank is not None
-        return min(natural[index], FLEX_WIDTH) if shrinks else natural[index]
+        column = columns[index]
+        if column.shrink_rank is None:
+            return natural[index]
+        return min(natural[index], column.least or FLEX_WIDTH)
 
     def excess(widths: dict[int, int]) -> int:
         return sum(widths.values()) + len(widths) - 1 - room
@@ -194,11 +244,19 @@ def fitted_table(console: "Console", columns: list[Column], groups: Iterable[lis
     from rich.cells import cell_len
     from rich.text import Text
 
-    rows = [[[column.value(item) for column in columns] for item in group]
-            for group in groups if group]
-    natural = [max(cell_len(text.plain if isinstance(text, Text) else text)
-                   for text in (column.header, *(row[index] for group in rows for row in group)))
-               for index, column in enumerate(columns)]
+    groups = [group for group in groups if group]
+
+    def render(forms: list[Callable[[Any], "Text | str"]]) -> tuple[list, list[int]]:
+        rows = [[[form(item) for form in forms] for item in group] for group in groups]
+        natural = [max(cell_len(text.plain if isinstance(text, Text) else text)
+                       for text in (column.header, *(row[index] for group in rows
+                                                      for row in group)))
+                   for index, column in enumerate(columns)]
+        return rows, natural
+
+    rows, natural = render([column.value for column in columns])
+    if sum(natural) + len(columns) - 1 > console.width:
+        rows, natural = render([column.compact or column.value for column in columns])
     kept, widths = column_widths(columns, natural, console.width)
     table = new_table(title)
     for index, width in zip(kept, widths):
@@ -243,27 +301,41 @@ def runs_table(console: "Console", *groups: list[RunView], utc: bool = False,
         return cell(f"{run.source} {arrow} {run.destination}"
                     if run.source or run.destination else "")
 
-    # The id and the name are always shown, if need be cut.
+    # The id and the name are always shown; the name is cut only when nothing else can go.
     columns = [
         Column("id", lambda run: str(run.id), right=True),
-        Column("name", lambda run: cell(run.name), shrink_rank=2),
+        Column("name", lambda run: cell(run.name), shrink_rank=NAME_SHRINK_RANK, least=NAME_WIDTH),
         Column("status", lambda run: state_cell(console, run.state), drop_rank=6),
         Column("started", lambda run: cell(f"{moment(run.start_date, utc, short=True)} "
-                                           f"({ago(run.age_seconds)})"), drop_rank=5),
+                                           f"({ago(run.age_seconds)})"), drop_rank=5,
+               compact=lambda run: cell(ago(run.age_seconds))),
         Column("duration", lambda run: seconds_text(run.duration_seconds), right=True,
                drop_rank=3),
         Column("records", lambda run: "" if run.records_processed is None
                else str(run.records_processed), right=True, drop_rank=2),
         Column(f"source {arrow} destination", route, shrink_rank=1, drop_rank=1),
-        Column("message", lambda run: cell(first_line(run.message)), shrink_rank=1,
-               drop_rank=4),
+        Column("message", lambda run: cell(summary_line(run)), shrink_rank=1, drop_rank=4),
     ]
     return fitted_table(console, columns, groups, title)
 
 
-def print_runs(runs: list[RunView], utc: bool) -> None:
+def print_runs(runs: list[RunView], utc: bool, empty: str = "no runs recorded yet") -> None:
     console = make_console()
-    write_out(console, runs_table(console, runs, utc=utc))
+    write_table(console, runs_table(console, runs, utc=utc), empty)
+
+
+def write_table(console: "Console", table: "Table", empty: str) -> None:
+    """write_out, but a table without rows says `empty` on a terminal (on stderr, where
+    chatter goes) and is its bare header line in a pipe, so a script still sees it."""
+    if table.row_count:
+        write_out(console, table)
+    elif console.is_terminal:
+        sys.stderr.write(f"jobs-cli: {empty}\n")
+    else:
+        with console.capture() as captured:
+            console.print(table)
+        sys.stdout.write(without_trailing_spaces(captured.get().splitlines()[0]) + "\n")
+        sys.stdout.flush()
 
 
 def print_run(run: RunView, utc: bool) -> None:
@@ -296,7 +368,7 @@ def print_run(run: RunView, utc: bool) -> None:
         grid.add_row(label, shown)
     write_out(console, grid)
     texts = []
-    for label, text in (("message", run.message), ("output (tail)", run.output)):
+    for label, text in (("message", message_without_output(run)), ("output (tail)", run.output)):
         if text:
             texts += [Text(f"\n{label}:", style="bold"),
                       Text(printable(text.rstrip("\n"), multiline=True))]
@@ -321,7 +393,7 @@ def unfinished_text(summary: JobSummary) -> str:
 def print_status(summaries: list[JobSummary]) -> None:
     console = make_console()
     columns = [
-        Column("job", lambda s: cell(s.name), shrink_rank=2),
+        Column("job", lambda s: cell(s.name), shrink_rank=NAME_SHRINK_RANK, least=NAME_WIDTH),
         Column("last run", lambda s: state_cell(console, s.last_state,
                                                 f" {ago(s.last_age_seconds)}"), drop_rank=7),
         Column("succeeded", lambda s: cell(ago(s.last_success_age_seconds),
@@ -334,15 +406,16 @@ def print_status(summaries: list[JobSummary]) -> None:
         Column("took", lambda s: seconds_text(s.last_ended_seconds), right=True, drop_rank=1),
         Column(f"last {RECENT_RUNS}", lambda s: outcome_strip(console, s.recent_states[::-1]),
                drop_rank=5),
+        # What an operator looks for, beside the name: other columns go before it is cut.
         Column("problems", lambda s: cell("; ".join(problem.text for problem in s.problems),
                                           SEVERITY_STYLES[s.severity]),
-               shrink_rank=1, drop_rank=8),
+               shrink_rank=1, least=NAME_WIDTH, drop_rank=8),
     ]
     if any(s.live or s.dead or s.running for s in summaries):
         columns.insert(3, Column("now", lambda s: cell(unfinished_text(s),
                                                        STATE_STYLES[DEAD] if s.dead else ""),
                                  drop_rank=4))
-    write_out(console, fitted_table(console, columns, [summaries]))
+    write_table(console, fitted_table(console, columns, [summaries]), "no runs recorded yet")
 
 
 # -- monitoring -----------------------------------------------------------------

@@ -22,6 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from seeding import add_run
 
 from jobs_cli.monitor import RUN_VIEW_FIELDS
+from jobs_cli.render import NAME_WIDTH
 
 UNREACHABLE = {"JOBS_DATABASE_URL": "host=/nonexistent/socket/dir port=1 dbname=jobs"}
 
@@ -190,8 +191,9 @@ def test_narrow_tables_cut_cells_instead_of_wrapping(cli_env, long_names, column
     assert len(jobs) == 2 and jobs[1].startswith("short"[:columns - 1])
     assert all(len(row) <= columns for row in runs + jobs)
     assert all(LONG_NAME not in row and "…" in row for row in runs[1:] + jobs[:1])
-    if columns == 60:  # the first line of the message, cut, but no second line
-        assert "first" in runs[2] and "boom" in runs[1] and "second" not in "".join(runs)
+    if columns == 60:  # names cut last: state and age stay, the problem is readable
+        assert "✗ error" in runs[1] and "1h ago" in runs[1] and "second" not in "".join(runs)
+        assert LONG_NAME[:NAME_WIDTH - 1] in runs[1] and "last run failed" in jobs[0]
 
 
 @pytest.fixture
@@ -267,6 +269,15 @@ def test_metrics_are_valid_exposition(cli, history):
     assert ("jobs_last_success_timestamp_seconds", (("job", "orders_sync"),)) in samples
 
 
+def test_empty_results_piped_are_a_bare_header(cli):
+    assert cli("list").stdout.split() == ["id", "name", "status", "started", "duration", "records",
+                                          "source", "→", "destination", "message"]
+    assert cli("status").stdout.split()[:3] == ["job", "last", "run"]
+    assert cli("list", "--csv").stdout.splitlines() == [",".join(RUN_VIEW_FIELDS)]
+    assert cli("list", "--json").stdout == "[]\n"
+    assert cli("last-success", "never_ran").stdout == ""
+
+
 def test_view_helps_do_not_import_psycopg_or_rich(cli_env):
     code = ("import sys; from jobs_cli.cli import cli\n"
             "for command in ('list', 'show', 'status', 'check', 'metrics', 'watch'):\n"
@@ -296,6 +307,10 @@ class Terminal:
     def ctrl_c(self) -> int:
         """Ctrl-C, through the terminal as a person sends it; the exit status."""
         os.write(self.fd, b"\x03")
+        return self.exit_status()
+
+    def exit_status(self) -> int:
+        """Everything the command still shows, then its exit status."""
         while select.select([self.fd], [], [], 10)[0]:
             try:
                 chunk = os.read(self.fd, 65536)
@@ -343,6 +358,21 @@ def test_watch_redraws_on_change_and_quits_on_ctrl_c(cli_env, conn):
         assert time.monotonic() - began < 10  # the notification, not the 1 min poll
         assert terminal.ctrl_c() == 0
         assert b"Traceback" not in terminal.seen and b"Aborted" not in terminal.seen
+
+
+def test_empty_results_say_so_on_a_terminal(cli_env):
+    with on_a_terminal(cli_env, "list") as terminal:
+        assert terminal.exit_status() == 0
+    assert b"jobs-cli: no runs recorded yet" in terminal.seen and b"id" not in terminal.seen
+    with on_a_terminal(cli_env, "list", "--name", "x*") as terminal:
+        assert terminal.exit_status() == 0
+    assert b"jobs-cli: no runs match" in terminal.seen
+
+
+def test_a_job_that_never_succeeded_says_so_on_a_terminal(cli_env):
+    with on_a_terminal(cli_env, "last-success", "never_ran") as terminal:
+        assert terminal.exit_status() == 3
+    assert b"jobs-cli: 'never_ran' has never succeeded" in terminal.seen
 
 
 def test_watch_is_plain_under_no_color(cli_env, conn):

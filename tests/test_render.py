@@ -123,6 +123,46 @@ def test_tables_fit_the_width_by_leaving_columns_out(capsys, monkeypatch, column
     assert all(cell_len(line) <= columns for line in lines)
     assert all(word in lines[0] for word in kept)
     assert not any(word in lines[0] for word in dropped)
+    # The name is what an operator scans for: times shorten and columns go first.
+    assert "a_rather_long_job_name_that_wraps"[:render.NAME_WIDTH - 1] in lines[2]
+
+
+def test_narrow_tables_show_ages_before_cutting_names(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "60")
+    render.print_runs([run_view(name="orders_sync_nightly")], utc=True)
+    row = capsys.readouterr().out.splitlines()[2]
+    assert "orders_sync_nightly" in row and "10m ago" in row and "11:50" not in row
+
+
+def test_no_line_ends_in_blanks(capsys, monkeypatch):
+    monkeypatch.delenv("COLUMNS")
+    render.print_runs([run_view(message="a long message"), run_view(id=8, message=None)], True)
+    render.print_run(run_view(), utc=True)
+    out = capsys.readouterr().out
+    assert all(line == line.rstrip() for line in out.splitlines())
+
+
+def test_trailing_blanks_go_but_style_codes_stay():
+    assert render.without_trailing_spaces("a \x1b[32mok  \x1b[0m  \n") == "a \x1b[32mok\x1b[0m\n"
+
+
+def test_a_failed_runs_message_names_its_cause(capsys):
+    render.print_runs([run_view(status="error", state="error", exit_code=1,
+                                message="exit code 1\nTraceback\nUniqueViolation: duplicate key",
+                                output="Traceback\nUniqueViolation: duplicate key\n"),
+                       run_view(id=8, status="error", state="error", exit_code=1,
+                                message="exit code 1; stopped early\nsome output",
+                                output="some output")], utc=True)
+    first, second = table_rows(capsys.readouterr().out)
+    assert first.endswith("exit code 1: UniqueViolation: duplicate key")
+    assert second.endswith("exit code 1; stopped early")
+
+
+def test_show_prints_the_output_tail_once(capsys):
+    render.print_run(run_view(status="error", state="error", exit_code=3,
+                              message="exit code 3\nbad row 17", output="bad row 17\n"), True)
+    out = capsys.readouterr().out
+    assert out.count("bad row 17") == 1 and "message:\nexit code 3\n" in out
 
 
 LONG_NAME = "orders_sync_from_the_erp_into_the_warehouse_nightly_full_run"  # 60 characters
@@ -132,7 +172,7 @@ def table_rows(out: str) -> list[str]:
     """The rows of a table printed alone, colours left out, after checking that its
     other lines are one header and one rule: every other line is a whole row."""
     header, rule, *rows = re.sub(r"\x1b\[[0-9;]*m", "", out).splitlines()
-    assert set(rule) == {"─"} and len(rule) == cell_len(header)
+    assert set(rule) == {"─"} and len(rule) >= cell_len(header)
     return rows
 
 
