@@ -1,0 +1,74 @@
+"""The Click layer: parse, call the library, render. Nothing else.
+
+Commands live in modules by concern: `recording` (start, finish, fail,
+last-success, report), `run` (run, reap, flush), `views` (list, show,
+status, check, metrics, watch) and `admin` (init, server). `common` holds the
+error boundary (`JobsGroup.invoke`) where every library error becomes one line
+on stderr and an exit code, and what the commands share. `main` handles
+click's own errors the same way.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from .. import config
+from ..errors import EXIT_INTERRUPTED
+from . import admin, recording, run, views
+from .common import JobsGroup
+
+
+@click.group(cls=JobsGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--database-url", envvar=config.ENV_DATABASE_URL, metavar="URL",
+              help="libpq URI or key=value string [env JOBS_DATABASE_URL]. "
+                   "Default: the embedded server under JOBS_HOME.")
+@click.option("--schema", envvar=config.ENV_SCHEMA, default=config.DEFAULT_SCHEMA,
+              show_default=True, metavar="NAME",
+              help="Schema holding the jobs table [env JOBS_SCHEMA].")
+@click.version_option(package_name="jobs-cli", prog_name="jobs-cli")
+@click.pass_context
+def cli(ctx: click.Context, database_url: str | None, schema: str) -> None:
+    """Record ETL job runs in PostgreSQL so shell-scripted ETL can load incrementally.
+
+    \b
+    Example:
+      since=$(jobs-cli last-success orders_sync --default 0)
+      id=$(jobs-cli start orders_sync --source erp --destination dwh)
+      ./sync.sh --since "$since" && jobs-cli finish "$id" --records 42 || jobs-cli fail "$id"
+    """
+    from ..db import Database
+
+    if not schema.strip():
+        raise click.BadParameter("must not be empty", param_hint="--schema")
+    ctx.obj = Database(url=database_url or None, schema=schema)
+
+
+
+for command in (admin.init, recording.start, recording.finish, recording.fail,
+                recording.last_success, recording.report, run.run, run.reap, run.flush,
+                views.list_command, views.show, views.status_command, views.check,
+                views.metrics, views.watch, admin.server):
+    cli.add_command(command)
+
+
+def main() -> None:
+    """Entry point: every failure, click's own included, is one line on stderr."""
+    config.set_aside_libpq_environment()
+    try:
+        exit_code = cli.main(prog_name="jobs-cli", standalone_mode=False)
+    except click.exceptions.NoArgsIsHelpError as exc:
+        click.echo(exc.format_message(), err=True)  # the help itself: no prefix
+        exit_code = exc.exit_code
+    except click.UsageError as exc:
+        where = f" (see '{exc.ctx.command_path} --help')" if exc.ctx else ""
+        click.echo(f"jobs-cli: {exc.format_message()}{where}", err=True)
+        exit_code = exc.exit_code
+    except click.ClickException as exc:
+        click.echo(f"jobs-cli: {exc.format_message()}", err=True)
+        exit_code = exc.exit_code
+    except click.Abort:
+        click.echo("jobs-cli: interrupted", err=True)
+        exit_code = EXIT_INTERRUPTED
+    sys.exit(exit_code if isinstance(exit_code, int) else 0)

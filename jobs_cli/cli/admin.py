@@ -1,0 +1,98 @@
+"""Administration: init, and the embedded server."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import click
+
+from ..errors import EXIT_NOT_RUNNING
+from .common import connection
+
+
+@click.command()
+@click.pass_context
+def init(ctx: click.Context) -> None:
+    """Create or upgrade the jobs table (idempotent).
+
+    Adopts an existing original-style table in place: no row is changed;
+    constraints that old rows break are added NOT VALID and reported here.
+
+    \b
+    Example:
+      JOBS_DATABASE_URL=postgresql://etl@db/warehouse jobs-cli --schema api init
+    """
+    from ..schema import apply_schema
+
+    with connection(ctx) as conn:
+        warnings = apply_schema(conn, ctx.obj.schema)
+    for warning in warnings:
+        click.echo(f"jobs-cli: warning: {warning}", err=True)
+    click.echo(f"jobs-cli: the jobs table in schema {ctx.obj.schema!r} is ready", err=True)
+
+
+
+@click.group()
+def server() -> None:
+    """The embedded PostgreSQL server used when no database is configured.
+
+    \b
+    Example:
+      jobs-cli server status
+    """
+
+
+@server.command("status")
+@click.pass_context
+def server_status(ctx: click.Context) -> None:
+    """Say where the embedded server keeps its data and whether it runs (exit 3 if not).
+
+    \b
+    Example:
+      jobs-cli server status
+    """
+    from ..server import EmbeddedServer
+
+    status = EmbeddedServer(ctx.obj.home).status()
+    click.echo(f"home:    {status.home}")
+    click.echo(f"data:    {status.data_dir}{'' if status.initialized else ' (not created yet)'}")
+    click.echo(f"running: {f'yes, pid {status.pid}' if status.running else 'no'}")
+    if status.url:
+        click.echo(f"url:     {status.url}")
+        click.echo(f"psql:    psql '{status.url}'")
+    if not status.running:
+        ctx.exit(EXIT_NOT_RUNNING)
+
+
+@server.command("start")
+@click.pass_context
+def server_start(ctx: click.Context) -> None:
+    """Create and start the embedded server if needed; print its URL.
+
+    \b
+    Example:
+      psql "$(jobs-cli server start)"
+    """
+    from ..db import connect
+    from ..server import EmbeddedServer
+
+    # Connecting starts the server and gives it the schema.
+    with connect(replace(ctx.obj, url=None)):
+        pass
+    click.echo(EmbeddedServer(ctx.obj.home).status().url)
+
+
+@server.command("stop")
+@click.pass_context
+def server_stop(ctx: click.Context) -> None:
+    """Stop the embedded server (the next command starts it again).
+
+    \b
+    Example:
+      jobs-cli server stop
+    """
+    from ..server import EmbeddedServer
+
+    stopped = EmbeddedServer(ctx.obj.home).stop()
+    click.echo("jobs-cli: stopped" if stopped else "jobs-cli: not running", err=True)
+

@@ -1,0 +1,116 @@
+"""What the commands share: the error boundary, parameter types, options, connections.
+
+The commands live in modules by concern (recording, run, views, admin) and are
+put together in `jobs_cli.cli`. Library modules never import click; psycopg and
+rich are imported inside the commands that need them, so `jobs-cli --help`
+loads neither.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from contextlib import contextmanager
+from typing import Iterator
+
+import click
+
+from .. import config
+from ..durations import parse_positive_duration, parse_seconds
+from ..errors import EXIT_ERROR, InvalidInput, JobsError
+
+
+class JobsGroup(click.Group):
+    """The single place where library errors become messages and exit codes."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except JobsError as exc:
+            click.echo(f"jobs-cli: {exc}", err=True)
+            ctx.exit(exc.exit_code)
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except BrokenPipeError:
+            # The reader went away (`jobs-cli list | head`); keep the interpreter's
+            # final flush from complaining about it too.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            ctx.exit(EXIT_ERROR)
+        except Exception as exc:
+            if os.environ.get(config.ENV_DEBUG):
+                raise
+            click.echo(f"jobs-cli: unexpected error: {type(exc).__name__}: {exc} "
+                       f"(set {config.ENV_DEBUG}=1 for a traceback)", err=True)
+            ctx.exit(EXIT_ERROR)
+
+
+class Duration(click.ParamType):
+    """90s, 15m, 2h, 1d, 1h30m: seconds as a float, more than zero."""
+
+    name = "duration"
+
+    def convert(self, value, param, ctx) -> float:
+        if isinstance(value, float):
+            return value
+        try:
+            return parse_positive_duration(value)
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+DURATION = Duration()
+# records_processed is an integer column (runs.MAX_RECORDS).
+RECORDS = click.IntRange(0, 2**31 - 1)
+LIMIT = click.IntRange(1, 2**31 - 1)
+
+source_option = click.option("--source", envvar=config.ENV_SOURCE, default="",
+                             help="Where the job reads from [env JOBS_SOURCE; default empty].")
+destination_option = click.option(
+    "--destination", envvar=config.ENV_DESTINATION, default="",
+    help="Where the job writes to [env JOBS_DESTINATION; default empty].")
+
+@contextmanager
+def connection(ctx: click.Context) -> Iterator:
+    from ..db import connect
+
+    with connect(ctx.obj) as conn:
+        yield conn
+
+
+def emit_run(run, as_json: bool) -> None:
+    from ..render import emit_json
+
+    if as_json:
+        emit_json(run.as_dict())
+    else:
+        click.echo(run.id)
+
+utc_option = click.option("--utc", is_flag=True, help="Show times in UTC, not local time.")
+view_json_option = click.option("--json", "as_json", is_flag=True,
+                                help="Print JSON with every field (times ISO-8601 UTC).")
+
+
+def tell(message: str) -> None:
+    click.echo(f"jobs-cli: {message}", err=True)
+
+
+def seconds_from_env(variable: str, default: float, *, positive: bool = False) -> float:
+    """A JOBS_*_SECONDS variable: plain seconds, as its name says."""
+    text = os.environ.get(variable)
+    if not text:
+        return default
+    try:
+        seconds = parse_seconds(text)
+    except ValueError as exc:
+        raise InvalidInput(f"{variable}: {exc}") from None
+    if positive and seconds <= 0:
+        raise InvalidInput(f"{variable}: must be more than 0, not {text!r}")
+    return seconds
+
+
+def recorder_for(ctx: click.Context):
+    from ..recorder import Recorder
+
+    retry_seconds = seconds_from_env(config.ENV_RETRY_SECONDS, config.DEFAULT_RETRY_SECONDS)
+    return Recorder(ctx.obj, retry_seconds=retry_seconds, tell=tell)
+
