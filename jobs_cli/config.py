@@ -33,6 +33,8 @@ DEFAULT_SERVER_USER = "jobs-cli"
 DEFAULT_HEARTBEAT_SECONDS = 30.0
 DEFAULT_RETRY_SECONDS = 60.0
 ROOT_HOME = Path("/var/lib/jobs-cli")
+# The largest value of an integer column (records_processed, ids).
+INT4_MAX = 2**31 - 1
 
 
 # PG* variables set aside by the CLI (see set_aside_libpq_environment).

@@ -197,6 +197,13 @@ def test_usage_errors_are_one_line_exit_2(cli, args):
     assert "--help" in result.stderr
 
 
+@pytest.mark.parametrize("args", [["lst"], ["list", "--limt", "3"]])
+def test_a_misspelling_gets_one_hint(cli, args):
+    result = cli(*args)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1
+    assert "Did you mean" in result.stderr and "--help" not in result.stderr
+
+
 def all_commands(group=None, prefix=()):
     from jobs_cli.cli import cli as root
 
@@ -252,3 +259,15 @@ def test_a_name_that_is_not_utf8_is_a_usage_error(sh, conn):
     result = sh("jobs-cli start \"$(printf 'caf\\351')\"")
     assert result.returncode == 2 and "not valid UTF-8" in result.stderr
     assert conn.execute("SELECT count(*) FROM jobs").fetchone() == (0,)
+
+
+def test_every_summary_fits_the_command_list(cli):
+    listing = cli("--help", env={"COLUMNS": "80"}).stdout.split("Commands:")[1]
+    assert "..." not in listing and len(listing.strip().splitlines()) == len(
+        {command.split()[0] for command in all_commands()})
+    assert "run --name" in cli("--help").stdout.split("Example")[1]
+
+
+@pytest.mark.parametrize("command", ["", *sorted(all_commands())])
+def test_help_has_no_range_noise(cli, command):
+    assert "<=" not in cli(*command.split(), "--help").stdout

@@ -33,10 +33,9 @@ def cli(ctx: click.Context, database_url: str | None, schema: str) -> None:
     """Record ETL job runs in PostgreSQL so shell-scripted ETL can load incrementally.
 
     \b
-    Example:
-      since=$(jobs-cli last-success orders_sync --default 0)
-      id=$(jobs-cli start orders_sync --source erp --destination dwh)
-      ./sync.sh --since "$since" && jobs-cli finish "$id" --records 42 || jobs-cli fail "$id"
+    Example (sync.sh reads its watermark from $JOBS_LAST_SUCCESS):
+      jobs-cli run --name orders_sync --source erp --destination dwh -- ./sync.sh
+      jobs-cli list
     """
     from ..db import Database
 
@@ -62,7 +61,10 @@ def main() -> None:
         click.echo(exc.format_message(), err=True)  # the help itself: no prefix
         exit_code = exc.exit_code
     except click.UsageError as exc:
-        where = f" (see '{exc.ctx.command_path} --help')" if exc.ctx else ""
+        # One hint: click's own ("Did you mean ...?") or ours.
+        hinted = exc.ctx is None or "Did you mean" in exc.format_message() \
+            or "Possible options" in exc.format_message()
+        where = "" if hinted else f" (see '{exc.ctx.command_path} --help')"
         click.echo(f"jobs-cli: {exc.format_message()}{where}", err=True)
         exit_code = exc.exit_code
     except click.ClickException as exc:

@@ -34,7 +34,9 @@ def init(ctx: click.Context) -> None:
 
 @click.group()
 def server() -> None:
-    """The embedded PostgreSQL server used when no database is configured.
+    """Manage the embedded PostgreSQL server.
+
+    It keeps the runs when no database is configured.
 
     \b
     Example:
@@ -45,7 +47,9 @@ def server() -> None:
 @server.command("status")
 @click.pass_context
 def server_status(ctx: click.Context) -> None:
-    """Say where the embedded server keeps its data and whether it runs (exit 3 if not).
+    """Say where the server keeps its data and whether it runs.
+
+    Exit 3 when it does not run.
 
     \b
     Example:

@@ -58,10 +58,29 @@ class Duration(click.ParamType):
             self.fail(str(exc), param, ctx)
 
 
+class Count(click.ParamType):
+    """A whole number from `least` to `most`. Unlike click.IntRange, help shows no
+    `[0<=x<=2147483647]`: the bounds are said when a value breaks them."""
+
+    name = "integer"
+
+    def __init__(self, least: int, most: int = config.INT4_MAX) -> None:
+        self.least, self.most = least, most
+
+    def convert(self, value, param, ctx) -> int:
+        try:
+            number = int(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a whole number", param, ctx)
+        if not self.least <= number <= self.most:
+            self.fail(f"{number} is not between {self.least} and {self.most}", param, ctx)
+        return number
+
+
 DURATION = Duration()
-# records_processed is an integer column (runs.MAX_RECORDS).
-RECORDS = click.IntRange(0, 2**31 - 1)
-LIMIT = click.IntRange(1, 2**31 - 1)
+# records_processed is an integer column.
+RECORDS = Count(0)
+LIMIT = Count(1)
 
 source_option = click.option("--source", envvar=config.ENV_SOURCE, default="",
                              help="Where the job reads from [env JOBS_SOURCE; default empty].")

@@ -75,7 +75,7 @@ fail = click.command("fail")(end_command("error", 'jobs-cli fail "$id" --message
 @click.option("--iso", is_flag=True, help="Print ISO-8601 UTC instead of unix seconds.")
 @click.pass_context
 def last_success(ctx: click.Context, name: str, default: str | None, iso: bool) -> None:
-    """Print when the last successful run of NAME *started*, as unix seconds.
+    """Print when NAME's last success started (unix seconds).
 
     "Last" is by end time, as in the original; the start is printed so rows
     changed while that run was extracting are picked up by the next run.
@@ -106,7 +106,7 @@ def last_success(ctx: click.Context, name: str, default: str | None, iso: bool) 
 @click.option("--message", help="A note stored with the run (kept when it succeeds).")
 @click.pass_context
 def report(ctx: click.Context, records: int | None, message: str | None) -> None:
-    """From inside `jobs-cli run`: record the run's records and a message.
+    """Record records and a message from inside `run`.
 
     The run is the one JOBS_ID names. Prints nothing: the command's stdout
     may be its data. The wrapper's final update keeps what was reported.

@@ -6,7 +6,7 @@ import click
 
 from .. import config
 from ..errors import EXIT_ERROR
-from .common import (DURATION, connection, destination_option, recorder_for, seconds_from_env,
+from .common import (DURATION, Count, connection, destination_option, recorder_for, seconds_from_env,
                      source_option, tell)
 
 
@@ -26,7 +26,7 @@ from .common import (DURATION, connection, destination_option, recorder_for, sec
 @click.option("--fail-open", is_flag=True,
               help="Run the command even when the database cannot be reached (no watermark, "
                    "no overlap check); record it once the database is back.")
-@click.option("--tail-bytes", type=click.IntRange(0, 64 * 1024 * 1024), default=10 * 1024,
+@click.option("--tail-bytes", type=Count(0, 64 * 1024 * 1024), default=10 * 1024,
               show_default=True, metavar="N",
               help="Keep the last N bytes of stderr in the run's output and error message.")
 @click.option("--capture-stdout", is_flag=True,
@@ -36,7 +36,9 @@ from .common import (DURATION, connection, destination_option, recorder_for, sec
 def run(ctx: click.Context, name: str, source: str, destination: str, timeout: float | None,
         kill_after: float, on_overlap: str, fail_open: bool, tail_bytes: int,
         capture_stdout: bool, command: tuple[str, ...]) -> None:
-    """Run COMMAND as a recorded run of job NAME; exit with its exit code.
+    """Run COMMAND as a recorded run of job NAME.
+
+    Exits with the command's exit code.
 
     The command gets JOBS_ID, JOBS_NAME, JOBS_LAST_SUCCESS (unix seconds, empty
     if never) and JOBS_LAST_SUCCESS_ISO, and can `jobs-cli report` its records.
@@ -70,7 +72,9 @@ def run(ctx: click.Context, name: str, source: str, destination: str, timeout: f
                    "still in progress after DURATION.")
 @click.pass_context
 def reap(ctx: click.Context, older_than: float | None) -> None:
-    """Mark runs whose wrapper died as error "abandoned: …"; print their ids.
+    """Mark runs whose wrapper died as abandoned.
+
+    They end as error "abandoned: …"; their ids are printed.
 
     A run of `jobs-cli run` is dead when its heartbeats stopped for three
     intervals (JOBS_HEARTBEAT_SECONDS). The next `run` of the same job reaps
@@ -92,7 +96,9 @@ def reap(ctx: click.Context, older_than: float | None) -> None:
 @click.command()
 @click.pass_context
 def flush(ctx: click.Context) -> None:
-    """Record the results `run` spooled while the database was unreachable.
+    """Record results spooled while the database was away.
+
+    `run` spools a result it cannot record.
 
     Prints the ids of the runs recorded. Replaying is idempotent: a result is
     recorded once however often it is flushed. Results spooled for another

@@ -141,7 +141,7 @@ class MonitoringPluginCommand(click.Command):
 @click.pass_context
 def check(ctx: click.Context, names: tuple[str, ...], critical_after: float,
           warning_after: float | None) -> None:
-    """Check jobs for a monitoring system (Nagios, Icinga...).
+    """Check jobs for Nagios, Icinga and the like.
 
     Is each job NAME healthy?
 
