@@ -61,7 +61,8 @@ def describe(conninfo: str) -> str:
     dbname = params.get("dbname") or params.get("user") or "(default)"
     # No host means libpq's default unix socket, not localhost over TCP.
     where = f'host "{host}"' if host else "the default unix socket"
-    return f'database "{dbname}" on {where}'
+    port = f' port "{params["port"]}"' if params.get("port") else ""
+    return f'database "{dbname}" on {where}{port}'
 
 
 @contextmanager
@@ -128,6 +129,7 @@ def _open(conninfo: str, **options: object) -> "psycopg.Connection":
         # libpq's parse errors quote the whole string, password and all.
         raise DatabaseUnavailable("the database URL cannot be parsed (not shown: it may "
                                   "hold a password); see JOBS_DATABASE_URL / --database-url") from None
+    _check_ports(conninfo)
     options.setdefault("connect_timeout", CONNECT_TIMEOUT_SECONDS)
     conn = psycopg.connect(conninfo, autocommit=True, **options)
     # Explicit, because the overlap check relies on it: a server or role whose
@@ -143,6 +145,16 @@ def _open(conninfo: str, **options: object) -> "psycopg.Connection":
     if settings:
         conn.execute("; ".join(settings))
     return conn
+
+
+def _check_ports(conninfo: str) -> None:
+    """A port that is no port is the URL's mistake: psycopg would report it as a
+    failure to resolve the host."""
+    ports = conninfo_params(conninfo).get("port") or ""
+    for port in filter(None, ports.split(",")):
+        if not (port.strip().isdigit() and 0 < int(port) < 65536):
+            raise DatabaseUnavailable(f'the database URL\'s port "{port}" is not a port number '
+                                      "(1-65535); see JOBS_DATABASE_URL / --database-url")
 
 
 def _connect_embedded(database: Database, **options: object) -> "psycopg.Connection":

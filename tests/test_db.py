@@ -39,7 +39,7 @@ def test_claims_are_read_committed_whatever_the_default(conn, dbname, database):
 
 
 @pytest.mark.parametrize("url", [
-    "postgresql://etl:s3cret@db.example:5432/warehouse",
+    "postgresql://etl:s3cret@db.example/warehouse",
     "host=db.example dbname=warehouse user=etl password=s3cret",
 ])
 def test_describe_names_host_and_database_only(url):
@@ -49,6 +49,20 @@ def test_describe_names_host_and_database_only(url):
 def test_describe_without_a_host_names_the_default_socket_not_localhost():
     assert describe("dbname=warehouse password=s3cret") == \
         'database "warehouse" on the default unix socket'
+
+
+def test_describe_names_the_port_as_given():
+    assert describe("postgresql://etl@db.internal:6543/warehouse") == \
+        'database "warehouse" on host "db.internal" port "6543"'
+
+
+@pytest.mark.parametrize("port", ["abc", "99999", "0"])
+def test_a_port_that_is_no_port_is_named_not_resolved(home, port):
+    with pytest.raises(DatabaseUnavailable) as raised:
+        with connect(Database(url=f"postgresql://u:s3cret@localhost:{port}/db", home=home)):
+            pass
+    assert str(raised.value).startswith(f'the database URL\'s port "{port}" is not a port number')
+    assert "s3cret" not in str(raised.value)
 
 
 def test_a_malformed_url_is_not_quoted(home):
