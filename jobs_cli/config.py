@@ -17,6 +17,7 @@ ENV_DESTINATION = "JOBS_DESTINATION"
 ENV_PG_BINDIR = "JOBS_PG_BINDIR"
 ENV_SERVER_USER = "JOBS_SERVER_USER"
 ENV_DEBUG = "JOBS_DEBUG"
+ENV_COMPLETION_SECONDS = "JOBS_COMPLETION_SECONDS"
 
 # Handed by `jobs-cli run` to the command it runs.
 ENV_ID = "JOBS_ID"
@@ -32,6 +33,7 @@ DEFAULT_LIMIT = 20  # runs shown by `list` and `watch`
 DEFAULT_SERVER_USER = "jobs-cli"
 DEFAULT_HEARTBEAT_SECONDS = 30.0
 DEFAULT_RETRY_SECONDS = 60.0
+DEFAULT_COMPLETION_SECONDS = 0.8
 ROOT_HOME = Path("/var/lib/jobs-cli")
 # The largest value of an integer column (records_processed, ids).
 INT4_MAX = 2**31 - 1

@@ -120,6 +120,12 @@ def first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+def open_direct(conninfo: str, **options: object) -> "psycopg.Connection":
+    """A connection as every command gets one, but with no server started, no schema
+    check and no retry (shell completion); psycopg errors are not translated."""
+    return _open(conninfo, **options)
+
+
 def _open(conninfo: str, **options: object) -> "psycopg.Connection":
     import psycopg
 

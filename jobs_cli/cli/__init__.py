@@ -45,7 +45,7 @@ def cli(ctx: click.Context, database_url: str | None, schema: str) -> None:
 
 
 
-for command in (admin.init, recording.start, recording.finish, recording.fail,
+for command in (admin.init, admin.completion, recording.start, recording.finish, recording.fail,
                 recording.last_success, recording.report, run.run, run.reap, run.flush,
                 views.list_command, views.show, views.status_command, views.check,
                 views.metrics, views.watch, admin.server):

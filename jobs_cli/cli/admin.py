@@ -9,6 +9,9 @@ import click
 from ..errors import EXIT_NOT_RUNNING
 from .common import connection
 
+# What the script sets to ask jobs-cli for completions; click's name for it.
+COMPLETE_VARIABLE = "_JOBS_CLI_COMPLETE"
+
 
 @click.command()
 @click.pass_context
@@ -30,6 +33,27 @@ def init(ctx: click.Context) -> None:
         click.echo(f"jobs-cli: warning: {warning}", err=True)
     click.echo(f"jobs-cli: the jobs table in schema {ctx.obj.schema!r} is ready", err=True)
 
+
+
+@click.command()
+@click.argument("shell", type=click.Choice(("bash", "zsh", "fish")))
+@click.pass_context
+def completion(ctx: click.Context, shell: str) -> None:
+    """Print the shell completion script for SHELL.
+
+    Commands, options and job names complete; names come from the database
+    when it answers at once (the embedded server only when it runs).
+
+    \b
+    Example:
+      eval "$(jobs-cli completion bash)"     # in ~/.bashrc
+      jobs-cli completion fish > ~/.config/fish/completions/jobs-cli.fish
+    """
+    from click.shell_completion import get_completion_class
+
+    root = ctx.find_root().command
+    script = get_completion_class(shell)(root, {}, "jobs-cli", COMPLETE_VARIABLE).source()
+    click.echo(script, nl=False)
 
 
 @click.group()

@@ -88,6 +88,17 @@ destination_option = click.option(
     "--destination", envvar=config.ENV_DESTINATION, default="",
     help="Where the job writes to [env JOBS_DESTINATION; default empty].")
 
+def complete_job_names(ctx: click.Context, param: click.Parameter, incomplete: str) -> list:
+    """shell_complete for job names: the database's, offered only when it answers at once."""
+    from ..completion import job_names
+    from ..db import Database
+
+    root = ctx.find_root().params
+    database = Database(url=root.get("database_url") or None,
+                        schema=root.get("schema") or config.DEFAULT_SCHEMA)
+    return job_names(database, incomplete)
+
+
 @contextmanager
 def connection(ctx: click.Context) -> Iterator:
     from ..db import connect

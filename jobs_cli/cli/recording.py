@@ -9,7 +9,7 @@ import click
 
 from .. import config
 from ..errors import EXIT_NO_SUCCESS, InvalidInput
-from .common import RECORDS, connection, destination_option, emit_run, source_option, tell
+from .common import RECORDS, complete_job_names, connection, destination_option, emit_run, source_option, tell
 
 
 @click.command()
@@ -68,7 +68,7 @@ fail = click.command("fail")(end_command("error", 'jobs-cli fail "$id" --message
 
 
 @click.command("last-success")
-@click.argument("name")
+@click.argument("name", shell_complete=complete_job_names)
 @click.option("--default", "default", type=int, metavar="N",
               help="When the job never succeeded, answer N (unix seconds) and exit 0 "
                    "(else exit 3, no output).")

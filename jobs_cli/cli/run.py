@@ -6,12 +6,13 @@ import click
 
 from .. import config
 from ..errors import EXIT_ERROR
-from .common import (DURATION, Count, connection, destination_option, recorder_for, seconds_from_env,
+from .common import (DURATION, Count, complete_job_names, connection, destination_option, recorder_for, seconds_from_env,
                      source_option, tell)
 
 
 @click.command(context_settings={"allow_interspersed_args": False})
-@click.option("--name", required=True, metavar="NAME", help="The job's name, as for `start`.")
+@click.option("--name", required=True, metavar="NAME", shell_complete=complete_job_names,
+              help="The job's name, as for `start`.")
 @source_option
 @destination_option
 @click.option("--timeout", type=DURATION, metavar="DURATION",

@@ -9,11 +9,11 @@ import click
 from .. import config
 from ..errors import InvalidInput
 from ..states import STATUS_FILTERS
-from .common import DURATION, LIMIT, connection, utc_option, view_json_option
+from .common import DURATION, LIMIT, complete_job_names, connection, utc_option, view_json_option
 
 
 @click.command("list")
-@click.option("--name", "pattern", metavar="PATTERN",
+@click.option("--name", "pattern", metavar="PATTERN", shell_complete=complete_job_names,
               help="Only this job; * and ? match any text and any one character.")
 @click.option("--status", type=click.Choice(STATUS_FILTERS),
               help="Only runs in this state (in_progress: live, dead and running).")
@@ -133,7 +133,8 @@ class MonitoringPluginCommand(click.Command):
 
 
 @click.command(cls=MonitoringPluginCommand)
-@click.argument("names", metavar="NAME...", nargs=-1, required=True)
+@click.argument("names", metavar="NAME...", nargs=-1, required=True,
+                shell_complete=complete_job_names)
 @click.option("--max-age", "critical_after", required=True, type=DURATION, metavar="DURATION",
               help="CRITICAL when the last success ended longer ago than this.")
 @click.option("--warn-age", "warning_after", type=DURATION, metavar="DURATION",
