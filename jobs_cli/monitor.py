@@ -539,10 +539,14 @@ def snapshot(conn: "psycopg.Connection", schema: str, limit: int) -> Snapshot:
 def snapshots(conn: "psycopg.Connection", schema: str, limit: int,
               interval: float) -> Iterator[Snapshot]:
     """A snapshot now, then another whenever the table changes, and at least every
-    `interval` seconds (ages move, and a lease runs out without any write)."""
+    `interval` seconds (ages move, and a lease runs out without any write).
+
+    Through a pooler only every `interval`: see `behind_a_pooler`.
+    """
     from psycopg import sql
 
-    conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(NOTIFY_CHANNEL)))
+    if not behind_a_pooler(conn):
+        conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(NOTIFY_CHANNEL)))
     while True:
         yield snapshot(conn, schema, limit)
         for _ in conn.notifies(timeout=interval, stop_after=1):
@@ -550,6 +554,19 @@ def snapshots(conn: "psycopg.Connection", schema: str, limit: int,
         # A burst of changes (a wrapper's start, its records, its end) is one redraw.
         for _ in conn.notifies(timeout=0):
             pass
+
+
+def behind_a_pooler(conn: "psycopg.Connection") -> bool:
+    """Whether a pooler such as PgBouncer stands between us and the server.
+
+    In transaction pooling a LISTEN stays on a server connection that goes back
+    to the pool: we would never hear a notification, and every change would
+    reach a connection no client owns (PgBouncer logs "got packet 'A' from
+    server when not linked"), for as long as that connection lives. A pooler
+    hands its clients a backend key of its own, so the pid it announced is not
+    the server's.
+    """
+    return conn.execute("SELECT pg_backend_pid()").fetchone()[0] != conn.info.backend_pid
 
 
 def as_dicts(items: list) -> list[dict[str, Any]]:
