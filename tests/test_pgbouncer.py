@@ -6,7 +6,9 @@ prepared statement) then lands on a connection another client gets next, and
 a server message that arrives after a transaction ended (a notice, a
 notification) reaches a connection no client owns: PgBouncer logs "got packet
 … from server when not linked". So each test reads PgBouncer's log once
-PgBouncer has stopped, and fails on any such line.
+PgBouncer has stopped, and fails on any such line. (A server that stops in
+immediate mode or crashes, or a database dropped under PgBouncer, logs such
+lines too: here neither happens before PgBouncer has stopped.)
 
 PgBouncer (Debian's package; .ci/run installs it) refuses to run as root: it
 runs as the account that owns the test server's socket directory, which is
