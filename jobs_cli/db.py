@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Iterator
 
 from . import config
 from .errors import DatabaseError, DatabaseUnavailable
+from .text import error_line
 
 if TYPE_CHECKING:
     import psycopg
@@ -91,13 +92,13 @@ def translated_errors(database: Database) -> Iterator[None]:
         yield
     except psycopg.OperationalError as exc:
         raise DatabaseUnavailable(
-            f"cannot reach {where(database)}: {redacted(first_line(exc), database)}") from None
+            f"cannot reach {where(database)}: {redacted(error_line(exc), database)}") from None
     except (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedColumn,
             psycopg.errors.InvalidSchemaName, psycopg.errors.UndefinedFunction) as exc:
-        raise DatabaseError(f"{first_line(exc)}: the jobs table in schema {database.schema!r} "
+        raise DatabaseError(f"{error_line(exc)}: the jobs table in schema {database.schema!r} "
                             "is missing or older than this jobs-cli; run `jobs-cli init`") from None
     except psycopg.Error as exc:
-        raise DatabaseError(redacted(first_line(exc), database)) from None
+        raise DatabaseError(redacted(error_line(exc), database)) from None
 
 
 def where(database: Database) -> str:
@@ -113,11 +114,6 @@ def redacted(message: str, database: Database) -> str:
     except Exception:
         password = None
     return message.replace(password, "***") if password else message
-
-
-def first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def open_direct(conninfo: str, **options: object) -> "psycopg.Connection":

@@ -7,7 +7,6 @@ own usage errors in `cli.main`).
 
 from __future__ import annotations
 
-EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_USAGE = 2
 EXIT_NO_SUCCESS = 3

@@ -33,6 +33,7 @@ from .config import DEFAULT_LIMIT
 from .states import DEAD, ENDED, ERROR, IN_PROGRESS, LIVE, RUNNING, STATUS_FILTERS, SUCCESS
 from .durations import format_duration, parse_duration
 from .errors import InvalidInput, NotFound
+from .text import jsonable
 
 if TYPE_CHECKING:
     import psycopg
@@ -361,12 +362,6 @@ class EndedCount:
     name: str
     status: str
     count: int
-
-
-def jsonable(value: Any) -> Any:
-    if isinstance(value, list):
-        return [jsonable(item) for item in value]
-    return runs.iso_utc(value) if isinstance(value, datetime) else value
 
 
 def ago(seconds: float | None) -> str:

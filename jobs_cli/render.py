@@ -20,6 +20,7 @@ from .durations import format_duration
 from .monitor import (CRITICAL, OK, RECENT_RUNS, SEVERITY_NAMES, UNKNOWN, WARNING, EndedCount,
                       JobSummary, RunView, Snapshot, Verdict, ago)
 from .states import DEAD, ENDED, ERROR, LIVE, RUNNING, STATES, SUCCESS
+from .text import first_line
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -114,11 +115,6 @@ def printable(text: str, multiline: bool = False) -> str:
     kept = "\n\t" if multiline else ""
     return "".join(ch if ch in kept or unicodedata.category(ch) not in ESCAPED
                    else repr(ch)[1:-1] for ch in text)
-
-
-def first_line(text: str | None) -> str:
-    """The first line that is not blank, for a one-line summary of a message."""
-    return next((line for line in (text or "").splitlines() if line.strip()), "")
 
 
 def last_line(text: str | None) -> str:

@@ -15,7 +15,9 @@ from datetime import datetime, timezone
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
+from .config import INT4_MAX
 from .errors import InvalidInput, NoSuccess, NotFound, Refused
+from .text import jsonable
 from .states import DEAD, ENDED, LIVE, RUNNING, SUCCESS
 
 if TYPE_CHECKING:
@@ -25,7 +27,6 @@ if TYPE_CHECKING:
 # Keeps a name, with the rest of an index entry, within a btree page's limit,
 # and names readable in a table.
 MAX_NAME_LENGTH = 255
-MAX_RECORDS = 2**31 - 1  # records_processed is an integer column
 
 
 @dataclass(frozen=True)
@@ -50,18 +51,10 @@ class Run:
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready: timestamps as ISO-8601 in UTC."""
-        return {f.name: _jsonable(getattr(self, f.name)) for f in fields(self)}
+        return {f.name: jsonable(getattr(self, f.name)) for f in fields(self)}
 
 
 RUN_COLUMNS = tuple(f.name for f in fields(Run))
-
-
-def _jsonable(value: Any) -> Any:
-    return iso_utc(value) if isinstance(value, datetime) else value
-
-
-def iso_utc(moment: datetime) -> str:
-    return moment.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
 
 
 # -- SQL --------------------------------------------------------------------
@@ -164,15 +157,15 @@ def parse_run_id(value: str | int) -> int:
     try:
         run_id = int(str(value).strip())
     except ValueError:
-        raise Refused(f"run id must be an integer, not {value!r}") from None
-    if not 0 < run_id <= MAX_RECORDS:
+        raise InvalidInput(f"run id must be a whole number, not {value!r}") from None
+    if not 0 < run_id <= INT4_MAX:
         raise NotFound(f"no run with id {run_id}")
     return run_id
 
 
 def validate_records(records: int | None) -> int | None:
-    if records is not None and not 0 <= records <= MAX_RECORDS:
-        raise InvalidInput(f"records must be between 0 and {MAX_RECORDS}, not {records}")
+    if records is not None and not 0 <= records <= INT4_MAX:
+        raise InvalidInput(f"records must be between 0 and {INT4_MAX}, not {records}")
     return records
 
 

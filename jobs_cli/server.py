@@ -102,7 +102,6 @@ class ServerStatus:
     initialized: bool
     running: bool
     pid: int | None
-    conninfo: str | None
     url: str | None
 
 
@@ -180,7 +179,6 @@ class EmbeddedServer:
             initialized=self._initialized(),
             running=pid is not None,
             pid=pid,
-            conninfo=conninfo_for(*address) if address else None,
             url=url_for(*address) if address else None,
         )
 

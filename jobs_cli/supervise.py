@@ -96,6 +96,7 @@ from typing import IO, Callable, Mapping, Sequence
 
 from .durations import format_duration
 from .ringbuffer import RingBuffer
+from .text import error_line
 
 EXIT_TIMED_OUT = 124
 EXIT_CANNOT_EXECUTE = 126
@@ -359,17 +360,11 @@ class _Heartbeat:
                 self._beat()
             except Exception as error:
                 if not failing:
-                    _write_all(2, f"jobs-cli: heartbeat failed: {_one_line(error)}\n"
+                    _write_all(2, f"jobs-cli: heartbeat failed: {error_line(error)}\n"
                                .encode(errors="replace"))
                 failing = True
             else:
                 failing = False
-
-
-def _one_line(error: BaseException) -> str:
-    lines = str(error).strip().splitlines()
-    name = type(error).__name__
-    return f"{name}: {lines[0]}" if lines else name
 
 
 def _write_all(fd: int, data: bytes) -> bool:

@@ -52,12 +52,14 @@ def test_finish_and_fail(cli, conn, command, status):
     assert row["end_date"] >= row["start_date"]
 
 
-@pytest.mark.parametrize("run_id, message", [
-    ("99", "no run with id 99"), ("abc", "run id must be an integer"), ("1.5", "integer")])
-def test_ending_a_bad_id_is_refused_with_exit_1(cli, run_id, message):
+@pytest.mark.parametrize("run_id, message, code", [
+    ("99", "no run with id 99", 1), ("abc", "run id must be a whole number", 2),
+    ("1.5", "whole number", 2)])
+def test_ending_a_bad_id_is_refused(cli, run_id, message, code):
+    # An unknown id is refused (1); one that is no id is malformed input (2).
     cli("start", "a")
     result = cli("finish", run_id)
-    assert result.returncode == 1
+    assert result.returncode == code
     assert message in result.stderr and result.stdout == ""
     assert "Traceback" not in result.stderr
 

@@ -43,7 +43,7 @@ def test_an_ended_run_cannot_end_again(conn, status):
     assert runs.get_run(conn, SCHEMA, run.id).records_processed == 1
 
 
-@pytest.mark.parametrize("bad_id, error", [("12x", Refused), ("", Refused), (999, NotFound),
+@pytest.mark.parametrize("bad_id, error", [("12x", InvalidInput), ("", InvalidInput), (999, NotFound),
                                             (0, NotFound), (-3, NotFound), (2**40, NotFound)])
 def test_bad_run_ids_are_refused(conn, bad_id, error):
     with pytest.raises(error):

@@ -127,8 +127,9 @@ class MonitoringPluginCommand(click.Command):
     def unknown(message: str):
         from ..monitor import UNKNOWN
         from ..render import unknown_line
+        from ..text import first_line
 
-        click.echo(unknown_line(message.strip().splitlines()[0]))
+        click.echo(unknown_line(first_line(message)))
         raise click.exceptions.Exit(UNKNOWN)
 
 
