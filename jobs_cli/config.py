@@ -38,6 +38,13 @@ ROOT_HOME = Path("/var/lib/jobs-cli")
 # The largest value of an integer column (records_processed, ids).
 INT4_MAX = 2**31 - 1
 
+# `jobs-cli run`: what the wrapper keeps, how it ends a command, what it does on overlap.
+DEFAULT_TAIL_BYTES = 10 * 1024
+MAX_TAIL_BYTES = 64 * 1024 * 1024
+DEFAULT_KILL_AFTER_SECONDS = 5.0
+SKIP, WAIT, ALLOW = "skip", "wait", "allow"
+OVERLAP_CHOICES = (SKIP, WAIT, ALLOW)
+
 
 # PG* variables set aside by the CLI (see set_aside_libpq_environment).
 _caller_libpq_environment: dict[str, str] = {}

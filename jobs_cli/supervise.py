@@ -94,6 +94,7 @@ import time
 from dataclasses import dataclass
 from typing import IO, Callable, Mapping, Sequence
 
+from . import config
 from .durations import format_duration
 from .ringbuffer import RingBuffer
 from .text import error_line
@@ -136,11 +137,11 @@ def supervise(
     *,
     env: Mapping[str, str] | None = None,
     timeout: float | None = None,
-    kill_after: float = 5.0,
-    tail_bytes: int = 10240,
+    kill_after: float = config.DEFAULT_KILL_AFTER_SECONDS,
+    tail_bytes: int = config.DEFAULT_TAIL_BYTES,
     capture_stdout: bool = False,
     heartbeat: Callable[[], None] | None = None,
-    heartbeat_interval: float = 30.0,
+    heartbeat_interval: float = config.DEFAULT_HEARTBEAT_SECONDS,
 ) -> Outcome:
     """Run `argv` (no shell) to its end and return how it ended. Main thread only.
 

@@ -36,8 +36,6 @@ from .runs import Claim, Invocation, RunResult, iso_seconds, validate_new_name
 from .states import ERROR, SUCCESS
 from .supervise import supervise
 
-SKIP, WAIT, ALLOW = "skip", "wait", "allow"
-OVERLAP_POLICIES = (SKIP, WAIT, ALLOW)
 # A lease outlives this many missed heartbeats: a run is dead within 3 intervals.
 LEASE_HEARTBEATS = 3
 # How often `--on-overlap wait` looks whether the live run has ended.
@@ -50,10 +48,10 @@ class RunOptions:
     source: str = ""
     destination: str = ""
     timeout: float | None = None  # less the time spent waiting for an overlapping run
-    kill_after: float = 5.0
-    on_overlap: str = SKIP
+    kill_after: float = config.DEFAULT_KILL_AFTER_SECONDS
+    on_overlap: str = config.SKIP
     fail_open: bool = False
-    tail_bytes: int = 10 * 1024
+    tail_bytes: int = config.DEFAULT_TAIL_BYTES
     capture_stdout: bool = False
     heartbeat_seconds: float = config.DEFAULT_HEARTBEAT_SECONDS
 
@@ -109,7 +107,7 @@ def _claim(invocation: Invocation, options: RunOptions, recorder: Recorder,
         try:
             claim = recorder.claim(
                 invocation, lease_seconds=LEASE_HEARTBEATS * options.heartbeat_seconds,
-                allow_overlap=options.on_overlap == ALLOW)
+                allow_overlap=options.on_overlap == config.ALLOW)
         except DatabaseError as error:
             if not options.fail_open:
                 raise NotStarted(f"{error}; {options.name!r} not run "
@@ -123,7 +121,7 @@ def _claim(invocation: Invocation, options: RunOptions, recorder: Recorder,
         assert blocking is not None
         busy = (f"{options.name!r} is already running (run {blocking.id}, pid {blocking.pid} "
                 f"on {blocking.host}, since {iso_seconds(int(blocking.start_date.timestamp()))})")
-        if options.on_overlap != WAIT:
+        if options.on_overlap != config.WAIT:
             raise Overlap(f"{busy}; skipped")
         if not waiting:
             recorder.tell(f"{busy}; waiting for it to end")

@@ -14,7 +14,8 @@ from jobs_cli.db import Database
 from jobs_cli.errors import EXIT_TEMPFAIL, EXIT_UNAVAILABLE, NotStarted, Overlap
 from jobs_cli.recorder import Recorder
 from jobs_cli.states import SUCCESS
-from jobs_cli.wrapper import ALLOW, WAIT, RunOptions, child_environment, wrap
+from jobs_cli.config import ALLOW, WAIT
+from jobs_cli.wrapper import RunOptions, child_environment, wrap
 
 UNREACHABLE = "host=/nonexistent/jobs-cli-test port=5432 dbname=x user=x"
 NOW = datetime(2024, 5, 1, 6, 0, 0, tzinfo=timezone.utc)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from .. import config
+from ..durations import format_duration
 from ..errors import EXIT_ERROR
 from .common import (DURATION, Count, complete_job_names, connection, destination_option, recorder_for, seconds_from_env,
                      source_option, tell)
@@ -18,17 +19,19 @@ from .common import (DURATION, Count, complete_job_names, connection, destinatio
 @click.option("--timeout", type=DURATION, metavar="DURATION",
               help="SIGTERM the command after DURATION (90s, 15m, 2h), SIGKILL it --kill-after "
                    "later; exit 124. Time spent in --on-overlap wait counts.")
-@click.option("--kill-after", type=DURATION, default="5s", show_default=True, metavar="DURATION",
+@click.option("--kill-after", type=DURATION,
+              default=format_duration(config.DEFAULT_KILL_AFTER_SECONDS), show_default=True,
+              metavar="DURATION",
               help="How long a timed-out command may take to end after SIGTERM.")
-@click.option("--on-overlap", type=click.Choice(("skip", "wait", "allow")), default="skip",
+@click.option("--on-overlap", type=click.Choice(config.OVERLAP_CHOICES), default=config.SKIP,
               show_default=True,
               help="When a run of NAME is live: skip (exit 75, nothing recorded), wait for it "
                    "to end, or allow both.")
 @click.option("--fail-open", is_flag=True,
               help="Run the command even when the database cannot be reached (no watermark, "
                    "no overlap check); record it once the database is back.")
-@click.option("--tail-bytes", type=Count(0, 64 * 1024 * 1024), default=10 * 1024,
-              show_default=True, metavar="N",
+@click.option("--tail-bytes", type=Count(0, config.MAX_TAIL_BYTES),
+              default=config.DEFAULT_TAIL_BYTES, show_default=True, metavar="N",
               help="Keep the last N bytes of stderr in the run's output and error message.")
 @click.option("--capture-stdout", is_flag=True,
               help="Keep stdout in that tail too (it then goes through a pipe).")
