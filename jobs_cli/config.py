@@ -1,7 +1,8 @@
 """Environment variable names and defaults, in one place.
 
 The tool reads only JOBS_* variables: DATABASE_URL and PG* usually point at
-the *source* database in an ETL environment, so they are never read implicitly.
+the *source* database in an ETL environment, so they are never read implicitly
+(db.libpq_params keeps libpq itself from reading PG* for the jobs connection).
 """
 
 from __future__ import annotations
@@ -44,27 +45,6 @@ MAX_TAIL_BYTES = 64 * 1024 * 1024
 DEFAULT_KILL_AFTER_SECONDS = 5.0
 SKIP, WAIT, ALLOW = "skip", "wait", "allow"
 OVERLAP_CHOICES = (SKIP, WAIT, ALLOW)
-
-
-# PG* variables set aside by the CLI (see set_aside_libpq_environment).
-_caller_libpq_environment: dict[str, str] = {}
-
-
-def set_aside_libpq_environment() -> None:
-    """Take the PG* variables out of this process's environment.
-
-    libpq fills whatever a connection string leaves out from PGHOST, PGUSER,
-    PGPASSWORD, PGOPTIONS and the like; in an ETL environment those describe
-    the source database. The CLI sets them aside before it connects, and
-    `jobs-cli run` gives them back to the command it runs.
-    """
-    for key in [key for key in os.environ if key.startswith("PG")]:
-        _caller_libpq_environment[key] = os.environ.pop(key)
-
-
-def caller_environment() -> dict[str, str]:
-    """The environment this process was started with, PG* variables included."""
-    return {**os.environ, **_caller_libpq_environment}
 
 
 def default_home() -> Path:

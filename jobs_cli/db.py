@@ -10,13 +10,33 @@ On the embedded default the schema is applied when the cluster is new and
 whenever the bundled schema.sql changes (a digest per schema name is kept in
 JOBS_HOME), so upgrading the tool upgrades its private table too. A configured
 database is only changed by an explicit `jobs-cli init`.
+
+One connection policy
+    The jobs connection is made from the URL alone, for the CLI and the API
+    alike: in an ETL process PGHOST, PGUSER, PGOPTIONS... describe the
+    *source* database. libpq fills every parameter a connection string leaves
+    out from its PG* variable, but never one given explicitly, even empty; so
+    `libpq_params` gives every such parameter, from the URL or else libpq's
+    built-in default. Nothing touches os.environ (other threads may read it,
+    and the caller's own code needs it as it was).
+
+    Files still work as the README documents: the password file is
+    `passfile=` in the URL, else ~/.pgpass; `service=` in the URL is looked up
+    in ~/.pg_service.conf here (libpq would also consult PGSERVICEFILE and
+    PGSYSCONFDIR). What cannot be shut out: libpq still looks up a service
+    that PGSERVICE names (an undefined one fails the connection; a defined
+    one supplies nothing, every parameter being given), and sends PGDATESTYLE,
+    PGTZ and PGGEQO as session settings; DateStyle is forced below and nothing
+    here depends on the other two.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
@@ -30,6 +50,14 @@ if TYPE_CHECKING:
 CONNECT_TIMEOUT_SECONDS = 10
 # Server parameter -> the value (prefix) every connection needs.
 SESSION_SETTINGS = {"DateStyle": "ISO", "client_encoding": "UTF8"}
+# Parameters for which libpq treats an empty value other than a missing one,
+# and publishes no built-in default: given only when their variable is set, as
+# what libpq does without it. (require_auth: any method; libpq 18's oauth is
+# left out, an older libpq rejects the name.)
+DEFAULT_WHEN_EMPTY_IS_INVALID = {
+    "sslcertmode": "allow", "min_protocol_version": "3.0", "max_protocol_version": "3.0",
+    "require_auth": "password,md5,gss,sspi,scram-sha-256,none"}
+SERVICE_FILE = "~/.pg_service.conf"
 
 
 @dataclass(frozen=True)
@@ -59,6 +87,8 @@ def describe(conninfo: str) -> str:
     except Exception:
         return "the configured database"
     host = params.get("host") or params.get("hostaddr")
+    if params.get("service") and not host:
+        return f'service "{params["service"]}"'
     dbname = params.get("dbname") or params.get("user") or "(default)"
     # No host means libpq's default unix socket, not localhost over TCP.
     where = f'host "{host}"' if host else "the default unix socket"
@@ -124,16 +154,16 @@ def open_direct(conninfo: str, **options: object) -> "psycopg.Connection":
 
 def _open(conninfo: str, **options: object) -> "psycopg.Connection":
     import psycopg
+    from psycopg.conninfo import make_conninfo
 
     try:
-        conninfo_params(conninfo)
+        params = libpq_params(conninfo, **options)
     except psycopg.ProgrammingError:
         # libpq's parse errors quote the whole string, password and all.
         raise DatabaseUnavailable("the database URL cannot be parsed (not shown: it may "
                                   "hold a password); see JOBS_DATABASE_URL / --database-url") from None
-    _check_ports(conninfo)
-    options.setdefault("connect_timeout", CONNECT_TIMEOUT_SECONDS)
-    conn = psycopg.connect(conninfo, autocommit=True, **options)
+    _check_ports(params)
+    conn = psycopg.connect(make_conninfo("", **params), autocommit=True)
     # Explicit, because the overlap check relies on it: a server or role whose
     # default is REPEATABLE READ would take the claim's snapshot before its lock.
     conn.isolation_level = psycopg.IsolationLevel.READ_COMMITTED
@@ -152,14 +182,94 @@ def _open(conninfo: str, **options: object) -> "psycopg.Connection":
     return conn
 
 
-def _check_ports(conninfo: str) -> None:
+def _check_ports(params: dict[str, str]) -> None:
     """A port that is no port is the URL's mistake: psycopg would report it as a
     failure to resolve the host."""
-    ports = conninfo_params(conninfo).get("port") or ""
+    ports = params.get("port") or ""
     for port in filter(None, ports.split(",")):
         if not (port.strip().isdigit() and 0 < int(port) < 65536):
             raise DatabaseUnavailable(f'the database URL\'s port "{port}" is not a port number '
                                       "(1-65535); see JOBS_DATABASE_URL / --database-url")
+
+
+def libpq_params(conninfo: str, **options: object) -> dict[str, str]:
+    """Every libpq parameter that has a PG* variable, given explicitly (see the module doc).
+
+    From the URL (or key=value string), then `options`, then the URL's
+    service in ~/.pg_service.conf, then libpq's built-in default (empty for
+    most, which libpq treats as unset). psycopg.ProgrammingError if malformed;
+    DatabaseUnavailable for a service that is not defined.
+    """
+    params: dict[str, str] = {**conninfo_params(conninfo),
+                              **{key: str(value) for key, value in options.items()}}
+    params.setdefault("connect_timeout", str(CONNECT_TIMEOUT_SECONDS))
+    service = params.pop("service", None)
+    if service:
+        for key, value in service_params(service).items():
+            params.setdefault(key, value)
+    for keyword, envvar, default in _environment_defaults():
+        if keyword in params or keyword == "service":
+            continue
+        if keyword in DEFAULT_WHEN_EMPTY_IS_INVALID:
+            if envvar in os.environ:
+                params[keyword] = DEFAULT_WHEN_EMPTY_IS_INVALID[keyword]
+        else:
+            params[keyword] = default
+    return params
+
+
+@cache
+def _environment_defaults() -> tuple[tuple[str, str, str], ...]:
+    """(keyword, variable, built-in default) for each parameter libpq may take from PG*.
+
+    Asked of the libpq in use, so parameters a newer libpq adds are covered.
+    """
+    return tuple((keyword, envvar, default) for keyword, envvar, default in _libpq_options()
+                 if envvar)
+
+
+@cache
+def _libpq_options() -> tuple[tuple[str, str | None, str], ...]:
+    from psycopg import pq
+
+    return tuple((option.keyword.decode(), option.envvar.decode() if option.envvar else None,
+                  option.compiled.decode() if option.compiled is not None else "")
+                 for option in pq.Conninfo.get_defaults())
+
+
+def service_params(service: str) -> dict[str, str]:
+    """The parameters of `service` in ~/.pg_service.conf, read as libpq reads that file."""
+    path = Path(SERVICE_FILE).expanduser()
+    try:
+        lines = path.read_text().splitlines()
+    except FileNotFoundError:
+        lines = []
+    except OSError as exc:
+        raise DatabaseUnavailable(f"service {service!r}: cannot read {path}: "
+                                  f"{exc.strerror}") from None
+    found: dict[str, str] | None = None
+    for number, raw in enumerate(lines, 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("["):
+            if found is not None:
+                break
+            if line == f"[{service}]":
+                found = {}
+        elif found is not None:
+            key, equals, value = line.partition("=")
+            if not equals or key == "service" or key not in _keywords():
+                raise DatabaseUnavailable(f"syntax error in service file {path}, line {number}")
+            found.setdefault(key, value)
+    if found is None:
+        raise DatabaseUnavailable(f"service {service!r} is not defined in {path} (the only "
+                                  "service file jobs-cli reads)")
+    return found
+
+
+def _keywords() -> set[str]:
+    return {keyword for keyword, _, _ in _libpq_options()}
 
 
 def _connect_embedded(database: Database, **options: object) -> "psycopg.Connection":

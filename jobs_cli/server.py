@@ -351,9 +351,12 @@ class EmbeddedServer:
     def _pg(self, program: str, *args: str, user: pwd.struct_passwd | None, what: str) -> None:
         command = [str(self._bindir(user) / program), *args]
         as_user = {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []} if user else {}
+        # The server reads PGPORT, PGDATESTYLE... too: the caller's describe another database.
+        env = {key: value for key, value in os.environ.items() if not key.startswith("PG")}
         try:
             result = subprocess.run(
-                command, cwd=self.home, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                command, cwd=self.home, env=env, stdin=subprocess.DEVNULL, capture_output=True,
+                text=True,
                 # The postmaster pg_ctl leaves behind must not share our terminal's signals.
                 start_new_session=True, umask=0o077, **as_user,
             )

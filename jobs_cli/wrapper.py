@@ -73,7 +73,7 @@ def wrap(command: Sequence[str], options: RunOptions, recorder: Recorder) -> int
     started_at = claimed_at if claim else time.monotonic()
     started_here = datetime.now(timezone.utc)
     outcome = supervise(
-        command, env=child_environment(config.caller_environment(), recorder.database, options.name, claim),
+        command, env=child_environment(os.environ, recorder.database, options.name, claim),
         # What waiting for an overlapping run took counts; connecting does not.
         timeout=None if deadline is None else max(0.0, deadline - claimed_at),
         kill_after=options.kill_after, tail_bytes=options.tail_bytes,

@@ -54,7 +54,6 @@ for command in (admin.init, admin.completion, recording.start, recording.finish,
 
 def main() -> None:
     """Entry point: every failure, click's own included, is one line on stderr."""
-    config.set_aside_libpq_environment()
     try:
         exit_code = cli.main(prog_name="jobs-cli", standalone_mode=False)
     except click.exceptions.NoArgsIsHelpError as exc:
