@@ -242,7 +242,7 @@ class Invocation:
     name: str
     source: str
     destination: str
-    command: str
+    command: str | None  # None: `run --no-record-command`
     host: str
     pid: int  # the wrapper's: the process whose heartbeats keep the lease
     username: str

@@ -17,7 +17,6 @@ from __future__ import annotations
 import math
 import os
 import pwd
-import shlex
 import shutil
 import socket
 import sys
@@ -31,6 +30,7 @@ from . import config
 from .db import Database
 from .errors import DatabaseError, NotStarted, Overlap
 from .recorder import Recorder
+from .redact import recorded_command
 from .ringbuffer import tail_text
 from .runs import Claim, Invocation, RunResult, iso_seconds, validate_new_name
 from .states import ERROR, SUCCESS
@@ -53,6 +53,7 @@ class RunOptions:
     fail_open: bool = False
     tail_bytes: int = config.DEFAULT_TAIL_BYTES
     capture_stdout: bool = False
+    record_command: bool = True  # with passwords masked; False: no command recorded at all
     heartbeat_seconds: float = config.DEFAULT_HEARTBEAT_SECONDS
 
 
@@ -65,7 +66,8 @@ def wrap(command: Sequence[str], options: RunOptions, recorder: Recorder) -> int
     deadline = None if options.timeout is None else time.monotonic() + options.timeout
     invocation = Invocation(
         run_key=uuid.uuid4().hex, name=validate_new_name(options.name), source=options.source,
-        destination=options.destination, command=shlex.join(command),
+        destination=options.destination,
+        command=recorded_command(command) if options.record_command else None,
         host=socket.gethostname(), pid=os.getpid(), username=_username())
     claim, claimed_at = _claim(invocation, options, recorder, deadline)
     # A claimed run started at the claim, by the server's clock; an unclaimed one

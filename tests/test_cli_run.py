@@ -531,3 +531,23 @@ def test_flush_records_the_good_entries_and_keeps_the_bad(cli, conn, database, h
         f"jobs-cli: cannot record spooled result {refused}: new row for relation \"jobs\" "
         "violates check constraint \"jobs_end_after_start\""]
     assert spool.pending(home) == [not_an_object, refused]
+
+
+# -- no secrets in the record ------------------------------------------------------------
+
+def test_passwords_in_the_command_line_are_masked_before_recording(cli, conn):
+    result = cli("run", "--name", "a", "--", "sh", "-c", "exit 0", "sh",
+                 "postgresql://etl:s3cret@db/x", "host=db password=s3cret", "--password", "s3cret")
+    assert result.returncode == 0, result.stderr
+    (command,) = rows(conn, "command")[0]
+    assert "s3cret" not in command
+    assert command == ("sh -c 'exit 0' sh 'postgresql://etl:***@db/x' 'host=db password=***' "
+                       "--password '***'")
+    shown = cli("show", "1", "--json")
+    assert "s3cret" not in shown.stdout and "etl:***@db" in shown.stdout
+
+
+def test_no_record_command_records_none(cli, conn):
+    result = cli("run", "--name", "a", "--no-record-command", "--", "true", "s3cret")
+    assert result.returncode == 0, result.stderr
+    assert rows(conn, "status, command") == [("success", None)]

@@ -35,11 +35,13 @@ from .common import (DURATION, Count, complete_job_names, connection, destinatio
               help="Keep the last N bytes of stderr in the run's output and error message.")
 @click.option("--capture-stdout", is_flag=True,
               help="Keep stdout in that tail too (it then goes through a pipe).")
+@click.option("--no-record-command", "hide_command", is_flag=True,
+              help="Record no command line (else it is recorded with passwords masked).")
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 @click.pass_context
 def run(ctx: click.Context, name: str, source: str, destination: str, timeout: float | None,
         kill_after: float, on_overlap: str, fail_open: bool, tail_bytes: int,
-        capture_stdout: bool, command: tuple[str, ...]) -> None:
+        capture_stdout: bool, hide_command: bool, command: tuple[str, ...]) -> None:
     """Run COMMAND as a recorded run of job NAME.
 
     Exits with the command's exit code.
@@ -62,6 +64,7 @@ def run(ctx: click.Context, name: str, source: str, destination: str, timeout: f
         name=name, source=source, destination=destination,
         timeout=timeout, kill_after=kill_after, on_overlap=on_overlap,
         fail_open=fail_open, tail_bytes=tail_bytes, capture_stdout=capture_stdout,
+        record_command=not hide_command,
         heartbeat_seconds=seconds_from_env(config.ENV_HEARTBEAT_SECONDS,
                                            config.DEFAULT_HEARTBEAT_SECONDS, positive=True))
     with recorder_for(ctx) as recorder:
