@@ -8,7 +8,10 @@ the *source* database in an ETL environment, so they are never read implicitly
 from __future__ import annotations
 
 import os
-from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # pathlib is imported when a path is needed: `--help` needs none
+    from pathlib import Path
 
 ENV_DATABASE_URL = "JOBS_DATABASE_URL"
 ENV_SCHEMA = "JOBS_SCHEMA"
@@ -35,7 +38,7 @@ DEFAULT_SERVER_USER = "jobs-cli"
 DEFAULT_HEARTBEAT_SECONDS = 30.0
 DEFAULT_RETRY_SECONDS = 60.0
 DEFAULT_COMPLETION_SECONDS = 0.8
-ROOT_HOME = Path("/var/lib/jobs-cli")
+ROOT_HOME = "/var/lib/jobs-cli"
 # The largest value of an integer column (records_processed, ids).
 INT4_MAX = 2**31 - 1
 
@@ -47,13 +50,17 @@ SKIP, WAIT, ALLOW = "skip", "wait", "allow"
 OVERLAP_CHOICES = (SKIP, WAIT, ALLOW)
 
 
-def default_home() -> Path:
+def default_home() -> "Path":
     """Where the embedded server and the spool live when JOBS_HOME is unset."""
+    from pathlib import Path
+
     if os.geteuid() == 0:
-        return ROOT_HOME
+        return Path(ROOT_HOME)
     data_home = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
     return Path(data_home) / "jobs-cli"
 
 
-def home() -> Path:
+def home() -> "Path":
+    from pathlib import Path
+
     return Path(os.environ.get(ENV_HOME) or default_home()).absolute()

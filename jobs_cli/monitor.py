@@ -17,7 +17,7 @@ Scale
     CTE that jumps from one name to the next in the (name, ...) indexes (a
     loose index scan, one index descent per name), and each name then reads
     only its newest rows through a LATERAL subquery with a LIMIT. DISTINCT ON
-    over the table would read every row. bench/bench_views.py measures both.
+    over the table would read every row. bench/run.py measures both.
 """
 
 from __future__ import annotations

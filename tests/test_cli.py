@@ -224,17 +224,60 @@ def test_every_command_help_has_an_example(cli, command):
     assert "jobs-cli" in result.stdout.split("Example:")[1]
 
 
-@pytest.mark.parametrize("command", ["", *sorted(all_commands())])
-def test_help_does_not_import_psycopg_or_rich(cli_env, command):
-    """Through the real entry point, as `jobs-cli ... --help` runs."""
+# What click itself loads to show a group's and a command's help.
+CLICK_HELP = """
+import sys, click
+
+@click.group()
+@click.option("--url", envvar="URL", show_default=True, default="x", metavar="URL")
+@click.version_option(package_name="click")
+def group(url): pass
+
+@group.command()
+@click.argument("name")
+@click.option("--n", type=click.IntRange(0, 5))
+@click.option("--c", type=click.Choice(["a", "b"]))
+@click.option("--flag", is_flag=True)
+def command(name, n, c, flag): pass
+
+for args in (["--help"], ["command", "--help"]):
+    try:
+        group.main(args, prog_name="x", standalone_mode=False)
+    except SystemExit:
+        pass
+print(" ".join(sorted(sys.modules)), file=sys.stderr)
+"""
+
+
+@pytest.fixture
+def click_help_modules() -> set[str]:
+    result = subprocess.run([sys.executable, "-c", CLICK_HELP], capture_output=True, text=True,
+                            check=True)
+    return set(result.stderr.split())
+
+
+def help_modules(env: dict[str, str], command: str) -> set[str]:
+    """The modules `jobs-cli COMMAND --help` loads, through the real entry point."""
     code = ("import sys; from jobs_cli.cli import main\n"
             f"sys.argv = ['jobs-cli', *{command.split()!r}, '--help']\n"
             "try:\n    main()\nexcept SystemExit:\n    pass\n"
-            "print(sorted(m for m in ('psycopg', 'rich') if m in sys.modules), file=sys.stderr)")
-    result = subprocess.run([sys.executable, "-c", code], env=cli_env, capture_output=True,
+            "print(' '.join(sorted(sys.modules)), file=sys.stderr)")
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
                             text=True)
     assert "Usage: jobs-cli" in result.stdout
-    assert result.stderr.strip() == "[]"
+    return set(result.stderr.split())
+
+
+@pytest.mark.parametrize("command", sorted(all_commands()))
+def test_help_does_not_import_psycopg_or_rich(cli_env, command):
+    assert help_modules(cli_env, command) & {"psycopg", "rich"} == set()
+
+
+def test_help_imports_only_what_click_needs(cli_env, click_help_modules):
+    """`jobs-cli --help`: beyond click's own modules, only jobs_cli's few (no psycopg,
+    rich, pathlib, dataclasses...). bench/run.py times it against `import click`."""
+    extra = help_modules(cli_env, "") - click_help_modules
+    assert {module for module in extra if not module.startswith("jobs_cli")} == set()
 
 
 def test_python_m_and_jobs_alias(cli_env):

@@ -289,3 +289,20 @@ def test_as_root_the_server_runs_as_jobs_server_user(env, home):
     finally:
         # Only that user can stop it: the home fixture would try as jobs-cli.
         run(env, "server", "stop")
+
+
+@pytest.mark.parametrize("version, option", [
+    ("initdb (PostgreSQL) 18.6", ["--sync-method=syncfs"]),
+    ("initdb (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)", []),
+])
+def test_initdb_syncs_the_new_cluster_with_one_syncfs_where_it_can(home, tmp_path, monkeypatch,
+                                                                    version, option):
+    """A cluster durable at creation (not --no-sync), at the price of one syncfs();
+    an initdb older than 17 (JOBS_PG_BINDIR) syncs file by file."""
+    initdb = tmp_path / "initdb"
+    initdb.write_text(f"#!/bin/sh\necho '{version}'\n")
+    initdb.chmod(0o755)
+    monkeypatch.setenv("JOBS_PG_BINDIR", str(tmp_path))
+    assert EmbeddedServer(home)._sync_option(None) == option
+    monkeypatch.delenv("JOBS_PG_BINDIR")
+    assert EmbeddedServer(home)._sync_option(None) == ["--sync-method=syncfs"]  # the wheel's

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import click
 
 from ..errors import EXIT_NOT_RUNNING
@@ -101,6 +99,8 @@ def server_start(ctx: click.Context) -> None:
     Example:
       psql "$(jobs-cli server start)"
     """
+    from dataclasses import replace
+
     from ..db import connect
     from ..server import EmbeddedServer
 
