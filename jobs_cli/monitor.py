@@ -40,7 +40,8 @@ if TYPE_CHECKING:
 
 Row = TypeVar("Row")
 
-# How many of a job's newest runs the success rate, median and outcome strip cover.
+# How many of a job's newest runs the success rate, median and outcome strip cover:
+# the ones jobs_summary keeps (schema.sql).
 RECENT_RUNS = 20
 # A job is overdue when its last start is this many usual intervals ago.
 OVERDUE_INTERVALS = 2
@@ -134,46 +135,45 @@ ORDER BY start_date DESC, id DESC
 
 SELECT_RUN_VIEW = "SELECT {columns}," + RUN_VIEW_COLUMNS + " FROM {table} WHERE id = %(id)s"
 
-# One row per name: its newest runs as arrays, newest first (aggregated in the
-# index's order, so without sorting), its last success found as `last-success`
-# finds it, and its unfinished runs from the partial index. What is derived
-# from the arrays (rates, medians, intervals) is left to JobSummary.
+# One row per name, from the summary the triggers keep (see schema.sql): its
+# newest runs, its last success and its run counts are read there, so the cost
+# grows with the names, not the history. Only what moves without a write to the
+# summary is read from the table: the lease of an unfinished run (heartbeats move
+# it), by id, and the unfinished runs from the partial index. What is derived from
+# the arrays (rates, medians, intervals) is left to JobSummary.
 JOB_SUMMARIES = """
 SELECT names.name,
        now() AS checked_at,
-       recent.last_run_id,
+       summary.recent_ids[1] AS last_run_id,
        coalesce(recent.states, '{{}}') AS recent_states,
-       coalesce(recent.starts, '{{}}') AS recent_starts,
-       coalesce(recent.ends, '{{}}') AS recent_ends,
+       coalesce(summary.recent_starts, '{{}}') AS recent_starts,
+       coalesce(summary.recent_ends, '{{}}') AS recent_ends,
        coalesce(recent.durations, '{{}}') AS recent_durations,
-       success.start_date AS last_success_start,
-       success.end_date AS last_success_end,
-       success.records_processed AS last_success_records,
+       summary.last_success_start,
+       summary.last_success_end,
+       summary.last_success_records,
        coalesce(unfinished.live, 0) AS live,
        coalesce(unfinished.dead, 0) AS dead,
        coalesce(unfinished.running, 0) AS running
 FROM names
+LEFT JOIN {summary} summary ON summary.name = names.name
 LEFT JOIN LATERAL (
-    SELECT (array_agg(id ORDER BY start_date DESC, id DESC))[1] AS last_run_id,
-           array_agg(state ORDER BY start_date DESC, id DESC) AS states,
-           array_agg(start_date ORDER BY start_date DESC, id DESC) AS starts,
-           array_agg(end_date ORDER BY start_date DESC, id DESC) AS ends,
-           array_agg(duration_seconds ORDER BY start_date DESC, id DESC) AS durations
+    SELECT array_agg(state ORDER BY position) AS states,
+           array_agg(duration_seconds ORDER BY position) AS durations
     FROM (
-        SELECT id, start_date, end_date,""" + RUN_VIEW_COLUMNS + """
-        FROM {table}
-        WHERE name = names.name
-        ORDER BY start_date DESC, id DESC
-        LIMIT """ + str(RECENT_RUNS) + """
+        SELECT position,""" + RUN_VIEW_COLUMNS + """
+        FROM (
+            SELECT run.position, run.status, run.start_date, run.end_date, lease.lease_until
+            FROM unnest(summary.recent_ids, summary.recent_statuses, summary.recent_starts,
+                        summary.recent_ends)
+                 WITH ORDINALITY AS run(id, status, start_date, end_date, position)
+            LEFT JOIN LATERAL (
+                SELECT lease_until FROM {table}
+                WHERE id = run.id AND (run.status = 'in_progress' OR run.end_date IS NULL)
+            ) lease ON true
+        ) run
     ) newest
 ) recent ON true
-LEFT JOIN LATERAL (
-    SELECT start_date, end_date, records_processed
-    FROM {table}
-    WHERE name = names.name AND status = 'success'
-    ORDER BY end_date DESC NULLS LAST, id DESC
-    LIMIT 1
-) success ON true
 LEFT JOIN LATERAL (
     SELECT count(*) FILTER (WHERE {live}) AS live,
            count(*) FILTER (WHERE {dead}) AS dead,
@@ -182,16 +182,18 @@ LEFT JOIN LATERAL (
     WHERE name = names.name AND status = 'in_progress'
 ) unfinished ON true
 """
-ALL_JOB_SUMMARIES = ("WITH RECURSIVE " + ALL_NAMES + JOB_SUMMARIES
-                     + "WHERE names.name IS NOT NULL ORDER BY names.name")
+ALL_JOB_SUMMARIES = ("WITH names(name) AS (SELECT name FROM {summary})" + JOB_SUMMARIES
+                     + "ORDER BY names.name")
 GIVEN_JOB_SUMMARIES = "WITH " + GIVEN_NAMES + JOB_SUMMARIES + "ORDER BY names.position"
 
-# Ended runs by name and status, for the metrics' counters.
+# Ended runs by name and status, for the metrics' counters: the summary's counts.
+# A DBA who deletes history lowers them (a counter reset, to Prometheus).
 ENDED_COUNTS = """
-SELECT name, status, count(*)
-FROM {table}
-WHERE status IN ('success', 'error')
-GROUP BY name, status
+SELECT name, status, count FROM (
+    SELECT name, 'error' AS status, errors AS count FROM {summary} WHERE errors > 0
+    UNION ALL
+    SELECT name, 'success', successes FROM {summary} WHERE successes > 0
+) counts
 ORDER BY name, status
 """
 

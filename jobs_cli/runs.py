@@ -58,8 +58,8 @@ RUN_COLUMNS = tuple(f.name for f in fields(Run))
 
 
 # -- SQL --------------------------------------------------------------------
-# {table} is the schema-qualified jobs table, {columns} the Run fields, and
-# {live}, {dead} and {running} the liveness rule below.
+# {table} is the schema-qualified jobs table ({summary} its per-name summary),
+# {columns} the Run fields, and {live}, {dead} and {running} the liveness rule below.
 
 # Liveness of an in_progress run, by the server's clock (see the recorder
 # module): live while the lease its wrapper renews is in the future, dead once
@@ -109,6 +109,7 @@ def statement(template: str, schema: str) -> "sql.Composed":
 
     return sql.SQL(template).format(
         table=sql.Identifier(schema, "jobs"),
+        summary=sql.Identifier(schema, "jobs_summary"),
         columns=sql.SQL(", ").join(sql.Identifier(name) for name in RUN_COLUMNS),
         **{state: sql.SQL(f"({condition})") for state, condition in LIVENESS.items()},
     )
