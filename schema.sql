@@ -186,6 +186,8 @@ CREATE TABLE IF NOT EXISTS jobs_summary (
     recent_statuses      text[] NOT NULL DEFAULT '{}',
     recent_starts        timestamptz[] NOT NULL DEFAULT '{}',
     recent_ends          timestamptz[] NOT NULL DEFAULT '{}',
+    -- Seconds from start to end; NULL for a run without an end.
+    recent_durations     float8[] NOT NULL DEFAULT '{}',
     -- Found as `last-success` finds it: by end_date.
     last_success_start   timestamptz,
     last_success_end     timestamptz,
@@ -212,6 +214,7 @@ BEGIN
         recent_statuses = coalesce(recent.statuses, '{}'),
         recent_starts = coalesce(recent.starts, '{}'),
         recent_ends = coalesce(recent.ends, '{}'),
+        recent_durations = coalesce(recent.durations, '{}'),
         last_success_start = success.start_date,
         last_success_end = success.end_date,
         last_success_records = success.records_processed
@@ -220,7 +223,9 @@ BEGIN
         SELECT array_agg(id ORDER BY start_date DESC, id DESC) AS ids,
                array_agg(status ORDER BY start_date DESC, id DESC) AS statuses,
                array_agg(start_date ORDER BY start_date DESC, id DESC) AS starts,
-               array_agg(end_date ORDER BY start_date DESC, id DESC) AS ends
+               array_agg(end_date ORDER BY start_date DESC, id DESC) AS ends,
+               array_agg(extract(epoch FROM end_date - start_date)::float8
+                         ORDER BY start_date DESC, id DESC) AS durations
         FROM (SELECT id, status, start_date, end_date FROM jobs
               WHERE jobs.name = n.name
               ORDER BY start_date DESC, id DESC

@@ -1,7 +1,7 @@
 """Issue 10's table in one run: every measure against a baseline measured in the same run.
 
     python bench/run.py              # 10M rows, 2 GiB streams, 10 timed runs per figure
-    python bench/run.py --quick      # CI: tiny sizes, 2 runs: proves it works, times mean nothing
+    python bench/run.py --quick      # CI: tiny sizes, 1 run: proves it works, times mean nothing
     python bench/run.py --home DIR   # keep the server and its generated tables in DIR for reuse
 
 The runner starts its own embedded server (in a temporary JOBS_HOME unless --home) for
@@ -54,7 +54,7 @@ MIB = 1024**2
 @dataclass(frozen=True)
 class Sizes:
     runs: int = 10  # timed runs per command figure
-    db_runs: int = 7  # EXPLAIN ANALYZE runs per statement
+    db_runs: int = 15  # EXPLAIN ANALYZE runs per statement
     fresh_runs: int = 5  # fresh clusters created, per side
     large_rows: int = 10_000_000
     small_rows: int = 10_000
@@ -63,7 +63,7 @@ class Sizes:
     rss_bytes: int = 1024 * MIB
 
 
-QUICK = Sizes(runs=2, db_runs=2, fresh_runs=1, large_rows=4_000, small_rows=400, names=40,
+QUICK = Sizes(runs=1, db_runs=1, fresh_runs=1, large_rows=4_000, small_rows=400, names=40,
               stream_bytes=8 * MIB, rss_bytes=8 * MIB)
 
 
@@ -120,7 +120,7 @@ class Timer:
         for batch in range(batches):
             per_batch = self.runs // batches + (batch < self.runs % batches)
             for label, argv in commands.items():
-                times[label] += self._time(argv, per_batch, warmup=batch == 0)
+                times[label] += self._time(argv, per_batch, warmup=batch == 0 and self.runs > 1)
         return {label: statistics.median(found) for label, found in times.items()}
 
     def _time(self, argv: list[str], runs: int, warmup: bool) -> list[float]:
@@ -236,18 +236,22 @@ def digest() -> str:
 
 # -- database time ---------------------------------------------------------------
 
-def explain_ms(conn: psycopg.Connection, statement: sql.Composable, params: dict,
-               repeats: int) -> float:
-    """Median planning + execution time in ms (server-side), after one warm-up run."""
-    explain = sql.SQL("EXPLAIN (ANALYZE, TIMING OFF, FORMAT JSON) ") + statement
-    times = []
-    for _ in range(repeats + 1):
-        (plan,) = conn.execute(explain, params).fetchone()
-        times.append(plan[0]["Planning Time"] + plan[0]["Execution Time"])
-    return statistics.median(times[1:])
+def explain_ms(conn: psycopg.Connection, statements: dict[str, sql.Composable],
+               params: dict | list[dict], repeats: int) -> dict[str, float]:
+    """Median planning + execution time in ms (the server's) of each statement, key ->
+    ms, after one warm-up run. The statements take turns, so a passing load weighs
+    on them alike; a list of parameters is taken in turn (different names, pages)."""
+    choices = params if isinstance(params, list) else [params]
+    times: dict[str, list[float]] = {key: [] for key in statements}
+    for number in range(repeats + 1):
+        for key, statement in statements.items():
+            explain = sql.SQL("EXPLAIN (ANALYZE, TIMING OFF, FORMAT JSON) ") + statement
+            (plan,) = conn.execute(explain, choices[number % len(choices)]).fetchone()
+            times[key].append(plan[0]["Planning Time"] + plan[0]["Execution Time"])
+    return {key: statistics.median(found[1:]) for key, found in times.items()}
 
 
-def statements() -> dict[str, list[tuple[str, dict]]]:
+def statements() -> dict[str, list[tuple[str, dict | list[dict]]]]:
     """What each command asks the database: label -> [(template, params)].
 
     Also used by the tests, which check the plans' shapes on a small table.
@@ -260,7 +264,9 @@ def statements() -> dict[str, list[tuple[str, dict]]]:
     return {
         "status": [(summaries, summary_params)],
         "metrics": [(summaries, summary_params), (monitor.ENDED_COUNTS, {})],
-        "last-success": [(runs.LAST_START_BY_STATUS, {"name": "job_0004", "status": "success"})],
+        "last-success": [(runs.LAST_START_BY_STATUS, [{"name": f"job_{number:04d}",
+                                                       "status": "success"}
+                                                      for number in range(0, 40, 3)])],
         "list": listing[:1],
         "list (filters)": listing[1:],
         "check": [(checked, check_params)],
@@ -268,10 +274,17 @@ def statements() -> dict[str, list[tuple[str, dict]]]:
     }
 
 
-def database_times(conn: psycopg.Connection, schema: str, repeats: int) -> dict[str, float]:
-    return {label: sum(explain_ms(conn, runs.statement(template, schema), params, repeats)
-                       for template, params in parts)
-            for label, parts in statements().items()}
+def database_times(conn: psycopg.Connection, schemas: list[str],
+                   repeats: int) -> dict[str, dict[str, float]]:
+    """schema -> label -> ms, each label's statements summed."""
+    found = {schema: {} for schema in schemas}
+    for label, parts in statements().items():
+        for template, params in parts:
+            times = explain_ms(conn, {schema: runs.statement(template, schema)
+                                      for schema in schemas}, params, repeats)
+            for schema, ms in times.items():
+                found[schema][label] = found[schema].get(label, 0.0) + ms
+    return found
 
 
 def database_rows(report: Report, conn: psycopg.Connection, sizes: Sizes) -> None:
@@ -279,8 +292,8 @@ def database_rows(report: Report, conn: psycopg.Connection, sizes: Sizes) -> Non
     print("database:", file=sys.stderr)
     generate(conn, small, sizes.small_rows, sizes.names)
     generate(conn, large, sizes.large_rows, sizes.names)
-    before = database_times(conn, small, sizes.db_runs)
-    after = database_times(conn, large, sizes.db_runs)
+    times = database_times(conn, [small, large], sizes.db_runs)
+    before, after = times[small], times[large]
     at = f"{sizes.large_rows:,} rows"
     base = f"{sizes.small_rows:,} rows"
 
@@ -517,7 +530,7 @@ def fresh_row(report: Report, env: dict[str, str], home: Path, sizes: Sizes) -> 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true",
-                        help="tiny sizes and 2 runs, for CI: checks the runner, not the speed")
+                        help="tiny sizes and 1 run, for CI: checks the runner, not the speed")
     parser.add_argument("--home", help="JOBS_HOME to use and keep (default: a temporary one)")
     parser.add_argument("--runs", type=int, help="timed runs per command figure")
     parser.add_argument("--large-rows", type=int, help="rows of the large table")

@@ -137,18 +137,20 @@ SELECT_RUN_VIEW = "SELECT {columns}," + RUN_VIEW_COLUMNS + " FROM {table} WHERE 
 
 # One row per name, from the summary the triggers keep (see schema.sql): its
 # newest runs, its last success and its run counts are read there, so the cost
-# grows with the names, not the history. Only what moves without a write to the
-# summary is read from the table: the lease of an unfinished run (heartbeats move
-# it), by id, and the unfinished runs from the partial index. What is derived from
-# the arrays (rates, medians, intervals) is left to JobSummary.
+# grows with the names, not the history. The states and durations of ended runs
+# are the summary's; only a name whose newest runs include an unfinished one (its
+# state and duration move with now() and with the lease heartbeats renew) has
+# them worked out here, with the lease read by id. Unfinished runs are counted
+# from the partial index. What is derived from the arrays (rates, medians,
+# intervals) is left to JobSummary.
 JOB_SUMMARIES = """
 SELECT names.name,
        now() AS checked_at,
        summary.recent_ids[1] AS last_run_id,
-       coalesce(recent.states, '{{}}') AS recent_states,
+       coalesce(unsettled.states, summary.recent_statuses, '{{}}') AS recent_states,
        coalesce(summary.recent_starts, '{{}}') AS recent_starts,
        coalesce(summary.recent_ends, '{{}}') AS recent_ends,
-       coalesce(recent.durations, '{{}}') AS recent_durations,
+       coalesce(unsettled.durations, summary.recent_durations, '{{}}') AS recent_durations,
        summary.last_success_start,
        summary.last_success_end,
        summary.last_success_records,
@@ -163,17 +165,18 @@ LEFT JOIN LATERAL (
     FROM (
         SELECT position,""" + RUN_VIEW_COLUMNS + """
         FROM (
-            SELECT run.position, run.status, run.start_date, run.end_date, lease.lease_until
+            SELECT run.position, run.status, run.start_date, run.end_date,
+                   CASE WHEN run.status = 'in_progress' OR run.end_date IS NULL
+                        THEN (SELECT lease_until FROM {table} WHERE id = run.id)
+                   END AS lease_until
             FROM unnest(summary.recent_ids, summary.recent_statuses, summary.recent_starts,
                         summary.recent_ends)
                  WITH ORDINALITY AS run(id, status, start_date, end_date, position)
-            LEFT JOIN LATERAL (
-                SELECT lease_until FROM {table}
-                WHERE id = run.id AND (run.status = 'in_progress' OR run.end_date IS NULL)
-            ) lease ON true
         ) run
     ) newest
-) recent ON true
+    WHERE summary.recent_statuses @> '{{in_progress}}'
+       OR array_position(summary.recent_ends, NULL) IS NOT NULL
+) unsettled ON true
 LEFT JOIN LATERAL (
     SELECT count(*) FILTER (WHERE {live}) AS live,
            count(*) FILTER (WHERE {dead}) AS dead,

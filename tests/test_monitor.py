@@ -297,7 +297,8 @@ def test_views_read_indexes_not_the_table(conn):
             if template == monitor.ENDED_COUNTS:
                 continue  # counts every run: reading it all is the point
             explain = sql.SQL("EXPLAIN (FORMAT JSON) ") + runs.statement(template, SCHEMA)
-            (plan,) = conn.execute(explain, params).fetchone()
+            (plan,) = conn.execute(explain, params[0] if isinstance(params, list)
+                                   else params).fetchone()
             nodes = list(plan_nodes(plan[0]["Plan"]))
             scans[label, number] = {node["Node Type"] for node in nodes
                                     if node.get("Relation Name") == "jobs"}

@@ -29,6 +29,8 @@ SELECT name, count(*) AS runs,
        (array_agg(status ORDER BY start_date DESC, id DESC))[1:20] AS recent_statuses,
        (array_agg(start_date ORDER BY start_date DESC, id DESC))[1:20] AS recent_starts,
        (array_agg(end_date ORDER BY start_date DESC, id DESC))[1:20] AS recent_ends,
+       (array_agg(extract(epoch FROM end_date - start_date)::float8
+                  ORDER BY start_date DESC, id DESC))[1:20] AS recent_durations,
        (array_agg(start_date ORDER BY end_date DESC NULLS LAST, id DESC)
             FILTER (WHERE status = 'success'))[1] AS last_success_start,
        (array_agg(end_date ORDER BY end_date DESC NULLS LAST, id DESC)
@@ -39,7 +41,7 @@ FROM {table} GROUP BY name ORDER BY name
 """
 KEPT = """
 SELECT name, runs, successes, errors, recent_ids, recent_statuses, recent_starts, recent_ends,
-       last_success_start, last_success_end, last_success_records
+       recent_durations, last_success_start, last_success_end, last_success_records
 FROM {summary} ORDER BY name
 """
 
