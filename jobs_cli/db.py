@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
 from . import config
-from .errors import DatabaseError, DatabaseUnavailable
+from .errors import DatabaseError, DatabaseUnavailable, PermissionDenied
 from .text import error_line
 
 if TYPE_CHECKING:
@@ -127,8 +127,23 @@ def translated_errors(database: Database) -> Iterator[None]:
             psycopg.errors.InvalidSchemaName, psycopg.errors.UndefinedFunction) as exc:
         raise DatabaseError(f"{error_line(exc)}: the jobs table in schema {database.schema!r} "
                             "is missing or older than this jobs-cli; run `jobs-cli init`") from None
+    except psycopg.errors.InsufficientPrivilege as exc:
+        raise PermissionDenied(f"{error_line(exc)} (role {role_of(database)!r} lacks it: members of "
+                               "jobs_writer may record runs, members of jobs_reader only read "
+                               "them)") from None
     except psycopg.Error as exc:
         raise DatabaseError(redacted(error_line(exc), database)) from None
+
+
+def role_of(database: Database) -> str:
+    """The role the connection logs in as, for messages (libpq's default: the OS user)."""
+    import pwd
+
+    try:
+        given = libpq_params(database.url or "").get("user")
+    except Exception:
+        given = None
+    return given or pwd.getpwuid(os.geteuid()).pw_name
 
 
 def where(database: Database) -> str:

@@ -48,6 +48,10 @@ class DatabaseError(JobsError):
     """The database refused a statement (schema missing, constraint broken...)."""
 
 
+class PermissionDenied(DatabaseError):
+    """The role lacks a privilege (a jobs_reader writing, a writer running `init`...)."""
+
+
 class DatabaseUnavailable(DatabaseError):
     """Could not connect to the database, or lost the connection."""
 

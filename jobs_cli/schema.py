@@ -28,11 +28,14 @@ def schema_text() -> str:
 
 
 def apply_schema(conn: "psycopg.Connection", schema: str) -> list[str]:
-    """Create or upgrade the jobs table in `schema`; return the server's warnings.
+    """Create or upgrade the jobs table in `schema`, grant the roles that exist (roles.py)
+    their privileges on it; return the server's warnings.
 
     Warnings tell of adopted rows that break a constraint added NOT VALID.
     """
     from psycopg import sql
+
+    from .roles import grant
 
     warnings: list[str] = []
 
@@ -47,6 +50,7 @@ def apply_schema(conn: "psycopg.Connection", schema: str) -> list[str]:
             conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
             conn.execute(sql.SQL("SET LOCAL search_path TO {}").format(sql.Identifier(schema)))
             conn.execute(schema_text().encode())
+            grant(conn, schema)
     finally:
         conn.remove_notice_handler(collect)
     return warnings

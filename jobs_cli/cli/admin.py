@@ -12,20 +12,28 @@ COMPLETE_VARIABLE = "_JOBS_CLI_COMPLETE"
 
 
 @click.command()
+@click.option("--roles", "with_roles", is_flag=True,
+              help="Also create the NOLOGIN roles jobs_writer and jobs_reader (needs CREATEROLE).")
 @click.pass_context
-def init(ctx: click.Context) -> None:
+def init(ctx: click.Context, with_roles: bool) -> None:
     """Create or upgrade the jobs table (idempotent).
 
     Adopts an existing original-style table in place: no row is changed;
     constraints that old rows break are added NOT VALID and reported here.
+    Roles jobs_writer (record runs) and jobs_reader (read them) get their
+    privileges whenever they exist; --roles creates them.
 
     \b
     Example:
       JOBS_DATABASE_URL=postgresql://etl@db/warehouse jobs-cli --schema api init
     """
+    from ..roles import create_roles
     from ..schema import apply_schema
 
     with connection(ctx) as conn:
+        if with_roles:
+            for role in create_roles(conn):
+                click.echo(f"jobs-cli: created role {role}", err=True)
         warnings = apply_schema(conn, ctx.obj.schema)
     for warning in warnings:
         click.echo(f"jobs-cli: warning: {warning}", err=True)
