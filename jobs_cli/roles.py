@@ -47,6 +47,8 @@ GRANTS: tuple[Grant, ...] = (
     Grant("jobs", writer=WRITE),
     Grant("jobs_latest", writer=READ),
     Grant("jobs_cli_migrations", writer=READ),
+    # Kept by SECURITY DEFINER triggers: the writer's runs update it without a grant.
+    Grant("jobs_summary", writer=READ),
 )
 
 _EXISTING_ROLES = "SELECT rolname FROM pg_roles WHERE rolname = ANY(%s)"

@@ -15,7 +15,7 @@ import pytest
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
-from jobs_cli.roles import READER, WRITER
+from jobs_cli.roles import GRANTS, READER, WRITER
 
 _numbers = itertools.count()
 
@@ -109,3 +109,11 @@ def test_roles_are_granted_on_another_schema_too(cli, conn, login_role):
     env = {"JOBS_DATABASE_URL": login_role(WRITER), "JOBS_SCHEMA": "etl"}
     assert cli("start", "a", env=env).returncode == 0
     assert conn.execute("SELECT count(*) FROM etl.jobs").fetchone() == (1,)
+
+
+def test_every_table_and_view_of_the_schema_is_in_grants(conn):
+    """Whoever adds a table or a view lists it in roles.GRANTS, or the roles cannot read it."""
+    relations = {name for (name,) in conn.execute(
+        "SELECT relname FROM pg_class WHERE relnamespace = 'public'::regnamespace "
+        "AND relkind IN ('r', 'v', 'm', 'p')")}
+    assert relations <= {grant.relation for grant in GRANTS}
