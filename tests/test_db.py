@@ -178,7 +178,7 @@ def password_server():
             return "password" in str(exc)
         return False
 
-    wait_until(asks_for_a_password, what="pg_hba.conf reloaded")
+    wait_until(asks_for_a_password, timeout=60, what="pg_hba.conf reloaded")
     with psycopg.connect(etl, password="s3cret", autocommit=True) as owner:
         apply_schema(owner, "public")
     yield {"host": socket_dir, "port": str(port), "url": etl}
