@@ -51,6 +51,12 @@ ALTER TABLE jobs ADD COLUMN IF NOT EXISTS lease_until  timestamptz;
 ALTER TABLE jobs ADD COLUMN IF NOT EXISTS run_key      text;
 CREATE UNIQUE INDEX IF NOT EXISTS jobs_run_key ON jobs (run_key) WHERE run_key IS NOT NULL;
 
+-- Incremental loads (see README); before jobs_latest, whose * is expanded
+-- when the view is created. What `jobs-cli run` handed its command:
+-- JOBS_LAST_SUCCESS as a time (look-back applied), so `history` can show the
+-- window each run loaded.
+ALTER TABLE jobs ADD COLUMN IF NOT EXISTS since_handed timestamptz;
+
 -- Constraints. Adopted rows may break them; such a constraint is then added
 -- NOT VALID (it holds for every new or updated row, old rows stay as they
 -- were) and a WARNING tells how many rows break it. A later init validates it

@@ -47,9 +47,15 @@ class Job:
     def id(self) -> int | None:
         return self.data["id"] if self.data else None
 
-    def most_recent(self, status: str = SUCCESS) -> int | None:
-        """Unix seconds of the start of the newest run with `status` (by end), or None."""
+    def most_recent(self, status: str = SUCCESS, *, lookback: float = 0) -> int | None:
+        """Unix seconds of the start of the newest run with `status` (by end), or None.
+
+        For success that is the watermark, as `jobs-cli last-success` prints it,
+        less `lookback` seconds (rounded up).
+        """
         with connect(self.database) as conn:
+            if status == SUCCESS:
+                return runs.watermark(conn, self.database.schema, self.name, lookback=lookback)
             return runs.last_start(conn, self.database.schema, self.name, status)
 
     def start(self, message: str | None = None) -> dict[str, Any]:

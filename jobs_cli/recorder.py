@@ -112,7 +112,7 @@ class Recorder:
     # -- before the command -----------------------------------------------------
 
     def claim(self, invocation: runs.Invocation, *, lease_seconds: float,
-              allow_overlap: bool) -> runs.Claim:
+              allow_overlap: bool, lookback: float = 0) -> runs.Claim:
         """Insert the run unless another of the name is live; raises DatabaseError.
 
         Results spooled for this database are replayed first, on the same connection.
@@ -122,7 +122,8 @@ class Recorder:
         self._replay_on_the_way()
         with translated_errors(self.database):
             claim = runs.claim_run(self._connection(), self.database.schema, invocation,
-                                   lease_seconds=lease_seconds, allow_overlap=allow_overlap)
+                                   lease_seconds=lease_seconds, allow_overlap=allow_overlap,
+                                   lookback=lookback)
         for dead in claim.abandoned:
             self.tell(f"run {dead.id} of {dead.name!r} had lost its wrapper; marked abandoned")
         if claim.run is not None:

@@ -9,6 +9,7 @@ depend on the client's or the session's time zone.
 
 from __future__ import annotations
 
+import math
 import unicodedata
 from dataclasses import dataclass, fields
 from datetime import datetime, timezone
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
 # Keeps a name, with the rest of an index entry, within a btree page's limit,
 # and names readable in a table.
 MAX_NAME_LENGTH = 255
+MAX_LOOKBACK = 36500 * 86400  # a century, as durations
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,8 @@ class Run:
     output: str | None = None
     heartbeat_at: datetime | None = None
     lease_until: datetime | None = None
+    # What `jobs-cli run` handed the command: JOBS_LAST_SUCCESS (look-back applied).
+    since_handed: datetime | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready: timestamps as ISO-8601 in UTC."""
@@ -91,9 +95,8 @@ RETURNING {columns}
 
 SELECT_RUN = "SELECT {columns} FROM {table} WHERE id = %(id)s"
 
-# "Most recent" by end_date as the original did; the answer is the run's start
-# (see README: rows changed during that run are picked up by the next one).
-# Served by the partial index jobs_success_by_name.
+# "Most recent" by end_date as the original did; the answer is the run's start.
+# For success, WATERMARK_STATE below is the rule.
 LAST_START_BY_STATUS = """
 SELECT floor(extract(epoch FROM start_date))::bigint
 FROM {table}
@@ -101,6 +104,25 @@ WHERE name = %(name)s AND status = %(status)s
 ORDER BY end_date DESC NULLS LAST, id DESC
 LIMIT 1
 """
+
+
+# The watermark the next run of %(name)s is handed, before any look-back: the
+# start of the last successful run, "last" by end_date as the original did
+# (rows changed during that run are picked up by the next one). One row, NULL
+# when there is none. Served by the partial index jobs_success_by_name.
+WATERMARK_STATE = """
+state AS (
+    SELECT (SELECT start_date FROM {table}
+            WHERE name = %(name)s AND status = 'success'
+            ORDER BY end_date DESC NULLS LAST, id DESC
+            LIMIT 1) AS watermark
+)"""
+
+# Whole unix seconds (floor), less the look-back, as `last-success` prints them
+# and `run` hands them: the one spelling of that arithmetic.
+HANDED_SECONDS = "(floor(extract(epoch FROM state.watermark))::bigint - %(lookback)s::bigint)"
+
+LAST_SUCCESS = f"WITH {WATERMARK_STATE}\nSELECT {HANDED_SECONDS} FROM state"
 
 
 @cache
@@ -164,6 +186,13 @@ def parse_run_id(value: str | int) -> int:
     return run_id
 
 
+def validate_lookback(seconds: float) -> int:
+    """A look-back in whole seconds, rounded up: a shorter one than asked could miss rows."""
+    if not 0 <= seconds <= MAX_LOOKBACK:
+        raise InvalidInput(f"look-back must be between 0 and {MAX_LOOKBACK} seconds, not {seconds}")
+    return math.ceil(seconds)
+
+
 def validate_records(records: int | None) -> int | None:
     if records is not None and not 0 <= records <= INT4_MAX:
         raise InvalidInput(f"records must be between 0 and {INT4_MAX}, not {records}")
@@ -213,18 +242,32 @@ def get_run(conn: "psycopg.Connection", schema: str, run_id: str | int) -> Run:
 
 def last_start(conn: "psycopg.Connection", schema: str, name: str,
                status: str = SUCCESS) -> int | None:
-    """Unix seconds (floor) of the start of the newest run of `name` with `status`."""
+    """Unix seconds (floor) of the start of the newest run of `name` with `status`.
+
+    For success that is the watermark, as `last-success` prints it.
+    """
+    if status == SUCCESS:
+        return watermark(conn, schema, name)
     row = conn.execute(statement(LAST_START_BY_STATUS, schema),
                        {"name": validate_name(name), "status": status}).fetchone()
     return row[0] if row else None
 
 
-def last_success(conn: "psycopg.Connection", schema: str, name: str) -> int:
-    """Like last_start for success, raising NoSuccess when the job never succeeded."""
-    started = last_start(conn, schema, name)
-    if started is None:
+def watermark(conn: "psycopg.Connection", schema: str, name: str, *,
+              lookback: int = 0) -> int | None:
+    """What the next run of `name` is handed: unix seconds (floor) of the start of its
+    last success, less `lookback` seconds; None when it never succeeded."""
+    params = {"name": validate_name(name), "lookback": validate_lookback(lookback)}
+    return conn.execute(statement(LAST_SUCCESS, schema), params).fetchone()[0]
+
+
+def last_success(conn: "psycopg.Connection", schema: str, name: str, *,
+                 lookback: int = 0) -> int:
+    """Like watermark, raising NoSuccess when the job never succeeded."""
+    since = watermark(conn, schema, name, lookback=lookback)
+    if since is None:
         raise NoSuccess(f"{name!r} has never succeeded")
-    return started
+    return since
 
 
 def iso_seconds(epoch: int) -> str:
@@ -255,7 +298,7 @@ class Claim:
 
     run: Run | None  # None: not inserted, because `blocking` is live
     blocking: Run | None
-    last_success: int | None  # the watermark, unix seconds
+    last_success: int | None  # the watermark handed (look-back applied), unix seconds
     abandoned: list[Run]  # dead runs of the name reaped on the way
 
 
@@ -286,14 +329,17 @@ LIMIT 1
 """
 
 # Unless overlap is allowed, inserted only while no run of the name is live.
-CLAIM_RUN = """
-INSERT INTO {table} (name, status, start_date, source, destination, host, pid, username,
-                     command, heartbeat_at, lease_until, run_key)
+# The run keeps the watermark it is handed.
+CLAIM_RUN = f"""
+WITH {WATERMARK_STATE}
+INSERT INTO {{table}} (name, status, start_date, source, destination, host, pid, username,
+                     command, heartbeat_at, lease_until, run_key, since_handed)
 SELECT %(name)s, 'in_progress', now(), %(source)s, %(destination)s, %(host)s, %(pid)s,
        %(username)s, %(command)s, now(), now() + make_interval(secs => %(lease_seconds)s),
-       %(run_key)s
-WHERE %(allow_overlap)s OR NOT EXISTS (SELECT FROM {table} WHERE name = %(name)s AND {live})
-RETURNING {columns}
+       %(run_key)s, to_timestamp({HANDED_SECONDS})
+FROM state
+WHERE %(allow_overlap)s OR NOT EXISTS (SELECT FROM {{table}} WHERE name = %(name)s AND {{live}})
+RETURNING {{columns}}
 """
 
 HEARTBEAT = """
@@ -379,24 +425,25 @@ RUN_BY_KEY = "SELECT {columns} FROM {table} WHERE run_key = %(run_key)s"
 
 
 def claim_run(conn: "psycopg.Connection", schema: str, invocation: Invocation, *,
-              lease_seconds: float, allow_overlap: bool) -> Claim:
+              lease_seconds: float, allow_overlap: bool, lookback: float = 0) -> Claim:
     """In one transaction and one round trip: reap the name's dead runs, insert the run
-    unless another is live (or overlap is allowed), read the last-success watermark."""
-    # One set of parameters for every statement: only dead supervised runs are
-    # reaped, and the watermark is the last success's.
+    unless another is live (or overlap is allowed) with the watermark it is handed
+    (the last success's start less `lookback` seconds)."""
+    # One set of parameters for every statement: only dead supervised runs are reaped.
     params = {**vars(invocation), "lease_seconds": lease_seconds,
               "allow_overlap": allow_overlap, "lock_key": f"{schema}.jobs:{invocation.name}",
-              "older_than": None, "unsupervised_reason": None, "status": SUCCESS}
+              "older_than": None, "unsupervised_reason": None,
+              "lookback": validate_lookback(lookback)}
     with conn.pipeline(), conn.transaction():
         conn.execute(CLAIM_LOCK, params)
         reaped = _run_cursor(conn, REAP_RUNS, schema, params)
         live = _run_cursor(conn, LIVE_RUN, schema, params)
         claimed = _run_cursor(conn, CLAIM_RUN, schema, params)
-        watermark = conn.execute(statement(LAST_START_BY_STATUS, schema), params)
     run = claimed.fetchone()
-    last = watermark.fetchone()
+    since = run and run.since_handed
     return Claim(run=run, blocking=None if run else live.fetchone(),
-                 last_success=last[0] if last else None, abandoned=reaped.fetchall())
+                 last_success=None if since is None else int(since.timestamp()),
+                 abandoned=reaped.fetchall())
 
 
 def heartbeat(conn: "psycopg.Connection", schema: str, run_id: int, *,

@@ -32,7 +32,8 @@ from .errors import DatabaseError, NotStarted, Overlap
 from .recorder import Recorder
 from .redact import recorded_command
 from .ringbuffer import tail_text
-from .runs import Claim, Invocation, RunResult, iso_seconds, validate_new_name
+from .runs import (Claim, Invocation, RunResult, iso_seconds, validate_lookback,
+                   validate_new_name)
 from .states import ERROR, SUCCESS
 from .supervise import supervise
 
@@ -55,6 +56,7 @@ class RunOptions:
     capture_stdout: bool = False
     record_command: bool = True  # with passwords masked; False: no command recorded at all
     heartbeat_seconds: float = config.DEFAULT_HEARTBEAT_SECONDS
+    lookback: float = 0.0  # seconds taken off the watermark handed to the command
 
 
 def wrap(command: Sequence[str], options: RunOptions, recorder: Recorder) -> int:
@@ -75,7 +77,8 @@ def wrap(command: Sequence[str], options: RunOptions, recorder: Recorder) -> int
     started_at = claimed_at if claim else time.monotonic()
     started_here = datetime.now(timezone.utc)
     outcome = supervise(
-        command, env=child_environment(os.environ, recorder.database, options.name, claim),
+        command, env=child_environment(os.environ, recorder.database, options.name, claim,
+                                       lookback=options.lookback),
         # What waiting for an overlapping run took counts; connecting does not.
         timeout=None if deadline is None else max(0.0, deadline - claimed_at),
         kill_after=options.kill_after, tail_bytes=options.tail_bytes,
@@ -109,7 +112,7 @@ def _claim(invocation: Invocation, options: RunOptions, recorder: Recorder,
         try:
             claim = recorder.claim(
                 invocation, lease_seconds=LEASE_HEARTBEATS * options.heartbeat_seconds,
-                allow_overlap=options.on_overlap == config.ALLOW)
+                allow_overlap=options.on_overlap == config.ALLOW, lookback=options.lookback)
         except DatabaseError as error:
             if not options.fail_open:
                 raise NotStarted(f"{error}; {options.name!r} not run "
@@ -135,7 +138,7 @@ def _claim(invocation: Invocation, options: RunOptions, recorder: Recorder,
 
 
 def child_environment(base: Mapping[str, str], database: Database, name: str,
-                      claim: Claim | None) -> dict[str, str]:
+                      claim: Claim | None, *, lookback: float = 0.0) -> dict[str, str]:
     """The command's environment: the run, its watermark, and the way to the same database.
 
     Nested `jobs-cli` calls (report, last-success) must reach the database the
@@ -155,14 +158,16 @@ def child_environment(base: Mapping[str, str], database: Database, name: str,
         env[config.ENV_DATABASE_URL] = database.url
     else:
         env.pop(config.ENV_DATABASE_URL, None)
-    run_variables = (config.ENV_ID, config.ENV_LAST_SUCCESS, config.ENV_LAST_SUCCESS_ISO)
+    run_variables = (config.ENV_ID, config.ENV_LAST_SUCCESS, config.ENV_LAST_SUCCESS_ISO,
+                     config.ENV_LOOKBACK_SECONDS)
     if claim is None:
         for variable in run_variables:
             env.pop(variable, None)
         return env
     last = claim.last_success
     env.update(zip(run_variables, (str(claim.run.id), "" if last is None else str(last),
-                                   "" if last is None else iso_seconds(last))))
+                                   "" if last is None else iso_seconds(last),
+                                   str(validate_lookback(lookback)))))
     return env
 
 

@@ -24,6 +24,7 @@ def test_original_launcher_flow(job, conn):
     assert (done["status"], done["records_processed"]) == ("success", 12)
     started = conn.execute("SELECT floor(extract(epoch FROM start_date))::bigint FROM jobs").fetchone()[0]
     assert job.most_recent() == started
+    assert job.most_recent(lookback=90) == started - 90
     assert job.most_recent(status="error") is None
 
 

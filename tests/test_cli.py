@@ -101,6 +101,17 @@ def test_last_success_exit_codes(cli, conn):
     assert cli("last-success", "a", "--iso").stdout == "2024-03-10T09:59:59Z\n"
 
 
+def test_last_success_with_a_look_back(cli, conn):
+    assert cli("last-success", "a", "--default", "5", "--lookback", "1h").stdout == "5\n"
+    conn.execute("INSERT INTO jobs (name, status, start_date, end_date, source, destination)"
+                 " VALUES ('a', 'success', '2024-03-10T10:00:00.5Z', '2024-03-10T11:00:00Z', '', '')")
+    assert cli("last-success", "a", "--lookback", "1h30m").stdout == f"{1710064800 - 5400}\n"
+    assert cli("last-success", "a", "--lookback", "0s").stdout == "1710064800\n"
+    assert cli("last-success", "a", "--lookback", "1m", "--iso").stdout == "2024-03-10T09:59:00Z\n"
+    bad = cli("last-success", "a", "--lookback", "-5m")
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "duration" in bad.stderr
+
+
 @pytest.mark.parametrize("tz", ["UTC", "America/New_York", "Asia/Kathmandu", "Etc/GMT-14"])
 def test_last_success_same_whatever_the_client_or_server_tz(cli, conn, tz):
     conn.execute("INSERT INTO jobs (name, status, start_date, end_date, source, destination)"

@@ -112,6 +112,19 @@ def test_the_command_gets_its_run_its_watermark_and_the_database(cli, conn, db_u
     assert rows(conn, "records_processed") == [(None,), (4,)]
 
 
+def test_a_look_back_is_taken_off_the_watermark_told_and_kept(cli, conn):
+    show = 'printf "%s\n" "$JOBS_LAST_SUCCESS" "$JOBS_LAST_SUCCESS_ISO" "$JOBS_LOOKBACK_SECONDS"'
+    first = cli("run", "--name", "e", "--lookback", "10m", "--", "sh", "-c", show)
+    assert first.stdout.splitlines() == ["", "", "600"]
+    second = cli("run", "--name", "e", "--lookback", "10m", "--", "sh", "-c", show)
+    started, iso = conn.execute(
+        "SELECT floor(extract(epoch FROM start_date))::bigint - 600,"
+        " to_char((start_date - interval '10m') AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')"
+        " FROM jobs WHERE id = 1").fetchone()
+    assert second.stdout.splitlines() == [str(started), iso, "600"]
+    assert rows(conn, "extract(epoch FROM since_handed)::bigint") == [(None,), (started,)]
+
+
 def test_a_database_given_as_an_option_reaches_the_command(cli_env, conn, db_url):
     env = {key: value for key, value in cli_env.items() if key != "JOBS_DATABASE_URL"}
     result = subprocess.run(

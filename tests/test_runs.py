@@ -172,3 +172,27 @@ def test_new_names_are_capped_but_longer_adopted_names_can_be_read(conn):
         runs.start_run(conn, SCHEMA, "x" * 256)
     insert(conn, "y" * 300, "success", "2024-01-01T10:00:00Z", "2024-01-01T12:00:00Z")
     assert runs.last_success(conn, SCHEMA, "y" * 300) == 1704103200
+
+
+def test_a_look_back_is_taken_off_the_floored_watermark_in_whole_seconds(conn):
+    insert(conn, "j", "success", "2024-01-01T10:00:00.999Z", "2024-01-01T12:00:00Z")
+    assert runs.watermark(conn, SCHEMA, "j", lookback=600) == 1704103200 - 600
+    # Rounded up: a shorter look-back than asked could miss rows.
+    assert runs.last_success(conn, SCHEMA, "j", lookback=0.2) == 1704103200 - 1
+    assert runs.watermark(conn, SCHEMA, "never", lookback=600) is None
+    with pytest.raises(InvalidInput):
+        runs.watermark(conn, SCHEMA, "j", lookback=-1)
+
+
+def test_a_claim_keeps_the_watermark_it_hands(conn):
+    insert(conn, "j", "success", "2024-01-01T10:00:00Z", "2024-01-01T12:00:00Z")
+    called = runs.Invocation(run_key="k", name="j", source="", destination="", command="c",
+                             host="h", pid=1, username="u")
+    claim = runs.claim_run(conn, SCHEMA, called, lease_seconds=60, allow_overlap=False,
+                           lookback=3600)
+    assert claim.last_success == 1704103200 - 3600
+    assert claim.run.since_handed.timestamp() == 1704103200 - 3600
+    first = runs.claim_run(conn, SCHEMA, runs.Invocation(**{**vars(called), "name": "new",
+                                                               "run_key": "n"}),
+                           lease_seconds=60, allow_overlap=False, lookback=3600)
+    assert (first.last_success, first.run.since_handed) == (None, None)

@@ -33,10 +33,11 @@ INHERITED = {"PATH": "/bin", "JOBS_ID": "99", "JOBS_LAST_SUCCESS": "1",
 
 def test_the_command_learns_its_run_watermark_and_database():
     database = Database(url="postgresql://etl@db/dwh", schema="etl", home=Path("/srv/jobs"))
-    env = child_environment(INHERITED, database, "w", fake_claim())
+    env = child_environment(INHERITED, database, "w", fake_claim(), lookback=0.5)
     assert {key: value for key, value in env.items() if key.startswith("JOBS_")} == {
         "JOBS_ID": "7", "JOBS_NAME": "w", "JOBS_LAST_SUCCESS": "1714543200",
-        "JOBS_LAST_SUCCESS_ISO": "2024-05-01T06:00:00Z", "JOBS_SCHEMA": "etl",
+        "JOBS_LAST_SUCCESS_ISO": "2024-05-01T06:00:00Z", "JOBS_LOOKBACK_SECONDS": "1",
+        "JOBS_SCHEMA": "etl",
         "JOBS_HOME": "/srv/jobs", "JOBS_DATABASE_URL": "postgresql://etl@db/dwh"}
     assert env["PATH"] == "/bin"
 
@@ -49,8 +50,10 @@ def test_never_succeeded_is_empty_and_the_embedded_default_is_found_through_its_
 
 
 def test_an_unclaimed_run_has_no_run_variables_at_all():
-    env = child_environment(INHERITED, Database(home=Path("/srv/jobs")), "w", None)
-    assert not {"JOBS_ID", "JOBS_LAST_SUCCESS", "JOBS_LAST_SUCCESS_ISO"} & set(env)
+    inherited = {**INHERITED, "JOBS_LOOKBACK_SECONDS": "5"}
+    env = child_environment(inherited, Database(home=Path("/srv/jobs")), "w", None, lookback=9)
+    assert not {"JOBS_ID", "JOBS_LAST_SUCCESS", "JOBS_LAST_SUCCESS_ISO",
+                "JOBS_LOOKBACK_SECONDS"} & set(env)
     assert env["JOBS_NAME"] == "w"
 
 

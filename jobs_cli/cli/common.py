@@ -16,7 +16,7 @@ from typing import Iterator
 import click
 
 from .. import config
-from ..durations import parse_positive_duration, parse_seconds
+from ..durations import parse_duration, parse_positive_duration, parse_seconds
 from ..errors import EXIT_ERROR, InvalidInput, JobsError
 
 
@@ -45,15 +45,18 @@ class JobsGroup(click.Group):
 
 
 class Duration(click.ParamType):
-    """90s, 15m, 2h, 1d, 1h30m: seconds as a float, more than zero."""
+    """90s, 15m, 2h, 1d, 1h30m: seconds as a float, more than zero unless `zero_ok`."""
 
     name = "duration"
 
+    def __init__(self, zero_ok: bool = False) -> None:
+        self.parse = parse_duration if zero_ok else parse_positive_duration
+
     def convert(self, value, param, ctx) -> float:
-        if isinstance(value, float):
-            return value
+        if isinstance(value, (int, float)):
+            return float(value)
         try:
-            return parse_positive_duration(value)
+            return self.parse(value)
         except ValueError as exc:
             self.fail(str(exc), param, ctx)
 
@@ -78,6 +81,10 @@ class Count(click.ParamType):
 
 
 DURATION = Duration()
+lookback_option = click.option(
+    "--lookback", type=Duration(zero_ok=True), metavar="DURATION",
+    help="Take DURATION (rounded up to whole seconds) off the watermark, for sources whose "
+         "rows become visible after the time they carry (see README) [default 0].")
 # records_processed is an integer column.
 RECORDS = Count(0)
 LIMIT = Count(1)

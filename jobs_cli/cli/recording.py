@@ -9,7 +9,8 @@ import click
 
 from .. import config
 from ..errors import EXIT_NO_SUCCESS, InvalidInput
-from .common import RECORDS, complete_job_names, connection, destination_option, emit_run, source_option, tell
+from .common import (RECORDS, complete_job_names, connection, destination_option, emit_run,
+                     lookback_option, source_option, tell)
 
 
 @click.command()
@@ -73,23 +74,26 @@ fail = click.command("fail")(end_command("error", 'jobs-cli fail "$id" --message
               help="When the job never succeeded, answer N (unix seconds) and exit 0 "
                    "(else exit 3, no output).")
 @click.option("--iso", is_flag=True, help="Print ISO-8601 UTC instead of unix seconds.")
+@lookback_option
 @click.pass_context
-def last_success(ctx: click.Context, name: str, default: str | None, iso: bool) -> None:
+def last_success(ctx: click.Context, name: str, default: str | None, iso: bool,
+                 lookback: float | None) -> None:
     """Print when NAME's last success started (unix seconds).
 
     "Last" is by end time, as in the original; the start is printed so rows
     changed while that run was extracting are picked up by the next run.
+    --lookback takes a margin off it; --default is printed as given.
 
     \b
     Example:
-      since=$(jobs-cli last-success orders_sync --default 0)
+      since=$(jobs-cli last-success orders_sync --default 0 --lookback 10m)
       psql -c "select * from orders where modified_at >= to_timestamp($since)"
     """
-    from ..runs import iso_seconds, last_start, validate_name
+    from ..runs import iso_seconds, validate_name, watermark
 
     validate_name(name)
     with connection(ctx) as conn:
-        started = last_start(conn, ctx.obj.schema, name)
+        started = watermark(conn, ctx.obj.schema, name, lookback=lookback or 0)
     if started is None:
         if default is None:
             if sys.stderr.isatty():  # a script reads the exit code; a person needs words

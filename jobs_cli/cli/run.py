@@ -7,8 +7,8 @@ import click
 from .. import config
 from ..durations import format_duration
 from ..errors import EXIT_ERROR
-from .common import (DURATION, Count, complete_job_names, connection, destination_option, recorder_for, seconds_from_env,
-                     source_option, tell)
+from .common import (DURATION, Count, complete_job_names, connection, destination_option,
+                     lookback_option, recorder_for, seconds_from_env, source_option, tell)
 
 
 @click.command(context_settings={"allow_interspersed_args": False})
@@ -30,6 +30,7 @@ from .common import (DURATION, Count, complete_job_names, connection, destinatio
 @click.option("--fail-open", is_flag=True,
               help="Run the command even when the database cannot be reached (no watermark, "
                    "no overlap check); record it once the database is back.")
+@lookback_option
 @click.option("--tail-bytes", type=Count(0, config.MAX_TAIL_BYTES),
               default=config.DEFAULT_TAIL_BYTES, show_default=True, metavar="N",
               help="Keep the last N bytes of stderr in the run's output and error message.")
@@ -40,14 +41,16 @@ from .common import (DURATION, Count, complete_job_names, connection, destinatio
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 @click.pass_context
 def run(ctx: click.Context, name: str, source: str, destination: str, timeout: float | None,
-        kill_after: float, on_overlap: str, fail_open: bool, tail_bytes: int,
-        capture_stdout: bool, hide_command: bool, command: tuple[str, ...]) -> None:
+        kill_after: float, on_overlap: str, fail_open: bool, lookback: float | None,
+        tail_bytes: int, capture_stdout: bool, hide_command: bool,
+        command: tuple[str, ...]) -> None:
     """Run COMMAND as a recorded run of job NAME.
 
     Exits with the command's exit code.
 
-    The command gets JOBS_ID, JOBS_NAME, JOBS_LAST_SUCCESS (unix seconds, empty
-    if never) and JOBS_LAST_SUCCESS_ISO, and can `jobs-cli report` its records.
+    The command gets JOBS_ID, JOBS_NAME, JOBS_LAST_SUCCESS (unix seconds less
+    --lookback, empty if never), JOBS_LAST_SUCCESS_ISO and JOBS_LOOKBACK_SECONDS,
+    and can `jobs-cli report` its records.
     stdout passes untouched; stderr passes live and its tail is recorded.
 
     Exit: the command's code; 124 timed out, 126 not executable, 127 not
@@ -63,8 +66,8 @@ def run(ctx: click.Context, name: str, source: str, destination: str, timeout: f
     options = RunOptions(
         name=name, source=source, destination=destination,
         timeout=timeout, kill_after=kill_after, on_overlap=on_overlap,
-        fail_open=fail_open, tail_bytes=tail_bytes, capture_stdout=capture_stdout,
-        record_command=not hide_command,
+        fail_open=fail_open, lookback=lookback or 0, tail_bytes=tail_bytes,
+        capture_stdout=capture_stdout, record_command=not hide_command,
         heartbeat_seconds=seconds_from_env(config.ENV_HEARTBEAT_SECONDS,
                                            config.DEFAULT_HEARTBEAT_SECONDS, positive=True))
     with recorder_for(ctx) as recorder:
