@@ -56,6 +56,14 @@ CREATE UNIQUE INDEX IF NOT EXISTS jobs_run_key ON jobs (run_key) WHERE run_key I
 -- JOBS_LAST_SUCCESS as a time (look-back applied), so `history` can show the
 -- window each run loaded.
 ALTER TABLE jobs ADD COLUMN IF NOT EXISTS since_handed timestamptz;
+-- A data cursor: where a run got to (`finish --cursor`, `report --cursor`),
+-- and the cursor `run` handed it (JOBS_LAST_CURSOR).
+ALTER TABLE jobs ADD COLUMN IF NOT EXISTS cursor        text;
+ALTER TABLE jobs ADD COLUMN IF NOT EXISTS cursor_handed text;
+-- The last success that has a cursor; empty (and free) for jobs without cursors.
+CREATE INDEX IF NOT EXISTS jobs_cursor_by_name
+    ON jobs (name, end_date DESC NULLS LAST, id DESC)
+    WHERE status = 'success' AND cursor IS NOT NULL;
 
 -- Constraints. Adopted rows may break them; such a constraint is then added
 -- NOT VALID (it holds for every new or updated row, old rows stay as they

@@ -7,7 +7,7 @@ constructor line::
     since = job.most_recent() or 0
     job.start()
     ...
-    job.result("success", records_processed=n)
+    job.result("success", records_processed=n)   # cursor="..." to hand on a data cursor
 
 or, new here::
 
@@ -55,8 +55,15 @@ class Job:
         """
         with connect(self.database) as conn:
             if status == SUCCESS:
-                return runs.watermark(conn, self.database.schema, self.name, lookback=lookback)
+                return runs.next_watermark(conn, self.database.schema, self.name,
+                                           lookback=lookback).since
             return runs.last_start(conn, self.database.schema, self.name, status)
+
+    def most_recent_cursor(self) -> str | None:
+        """The cursor of the last successful run that has one, as
+        `jobs-cli last-success --cursor` prints it; None when none has."""
+        with connect(self.database) as conn:
+            return runs.next_watermark(conn, self.database.schema, self.name).cursor
 
     def start(self, message: str | None = None) -> dict[str, Any]:
         with connect(self.database) as conn:
@@ -66,14 +73,15 @@ class Job:
         return self.data
 
     def result(self, _result: str, message: str | None = None,
-               records_processed: int | None = 0) -> dict[str, Any]:
+               records_processed: int | None = 0, cursor: str | None = None) -> dict[str, Any]:
+        """End the run; `cursor`, where it got to in the data, is handed on if it succeeded."""
         if _result not in ENDED:
             raise InvalidInput(f"result must be 'success' or 'error', not {_result!r}")
         if self.id is None:
             raise JobsError("start() the job before reporting its result")
         with connect(self.database) as conn:
             run = runs.end_run(conn, self.database.schema, self.id, _result,
-                               records=records_processed, message=message)
+                               records=records_processed, message=message, cursor=cursor)
         self.data = run.as_dict()
         return self.data
 
@@ -81,9 +89,10 @@ class Job:
     def run(self, message: str | None = None) -> Iterator["Job"]:
         """Start; on normal exit record success, on an exception record error and re-raise.
 
-        Set `records_processed` on the yielded job to have it recorded.
+        Set `records_processed` (and `cursor`) on the yielded job to have it recorded.
         """
         self.records_processed: int | None = None
+        self.cursor: str | None = None
         self.start(message)
         try:
             yield self
@@ -96,4 +105,4 @@ class Job:
                 warnings.warn(f"jobs-cli: could not record the error of {self.name!r}: {failure}",
                               RuntimeWarning, stacklevel=3)
             raise
-        self.result(SUCCESS, records_processed=self.records_processed)
+        self.result(SUCCESS, records_processed=self.records_processed, cursor=self.cursor)

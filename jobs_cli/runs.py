@@ -50,8 +50,12 @@ class Run:
     output: str | None = None
     heartbeat_at: datetime | None = None
     lease_until: datetime | None = None
-    # What `jobs-cli run` handed the command: JOBS_LAST_SUCCESS (look-back applied).
+    # A data cursor (`finish --cursor`, `report --cursor`): where this run got to.
+    cursor: str | None = None
+    # What `jobs-cli run` handed the command: JOBS_LAST_SUCCESS (look-back
+    # applied) and JOBS_LAST_CURSOR.
     since_handed: datetime | None = None
+    cursor_handed: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready: timestamps as ISO-8601 in UTC."""
@@ -88,7 +92,8 @@ UPDATE {table}
 SET status = %(status)s,
     end_date = greatest(now(), start_date),
     records_processed = coalesce(%(records)s, records_processed),
-    message = coalesce(%(message)s, message)
+    message = coalesce(%(message)s, message),
+    cursor = coalesce(%(cursor)s, cursor)
 WHERE id = %(id)s AND status = 'in_progress'
 RETURNING {columns}
 """
@@ -106,23 +111,30 @@ LIMIT 1
 """
 
 
-# The watermark the next run of %(name)s is handed, before any look-back: the
-# start of the last successful run, "last" by end_date as the original did
-# (rows changed during that run are picked up by the next one). One row, NULL
-# when there is none. Served by the partial index jobs_success_by_name.
+# What the next run of %(name)s is handed, in one row:
+# - watermark: the start of the last successful run (before any look-back),
+#   "last" by end_date as the original did (rows changed during that run are
+#   picked up by the next one); NULL when there is none. Served by the partial
+#   index jobs_success_by_name.
+# - cursor: the cursor of the last successful run that has one, NULL when none
+#   has. Served by jobs_cursor_by_name, so a job without cursors reads nothing.
 WATERMARK_STATE = """
 state AS (
     SELECT (SELECT start_date FROM {table}
             WHERE name = %(name)s AND status = 'success'
             ORDER BY end_date DESC NULLS LAST, id DESC
-            LIMIT 1) AS watermark
+            LIMIT 1) AS watermark,
+           (SELECT cursor FROM {table}
+            WHERE name = %(name)s AND status = 'success' AND cursor IS NOT NULL
+            ORDER BY end_date DESC NULLS LAST, id DESC
+            LIMIT 1) AS cursor
 )"""
 
 # Whole unix seconds (floor), less the look-back, as `last-success` prints them
 # and `run` hands them: the one spelling of that arithmetic.
 HANDED_SECONDS = "(floor(extract(epoch FROM state.watermark))::bigint - %(lookback)s::bigint)"
 
-LAST_SUCCESS = f"WITH {WATERMARK_STATE}\nSELECT {HANDED_SECONDS} FROM state"
+NEXT_WATERMARK = f"WITH {WATERMARK_STATE}\nSELECT {HANDED_SECONDS} AS since, cursor FROM state"
 
 
 @cache
@@ -193,6 +205,22 @@ def validate_lookback(seconds: float) -> int:
     return math.ceil(seconds)
 
 
+def validate_cursor(cursor: str | None) -> str | None:
+    """A cursor is one line of text, handed back exactly as given: `$(...)` and an
+    environment variable must carry it unchanged."""
+    if cursor is None:
+        return None
+    if not isinstance(cursor, str) or not cursor:
+        raise InvalidInput("a cursor must be non-empty text")
+    try:
+        cursor.encode()
+    except UnicodeEncodeError:
+        raise InvalidInput(f"cursor {cursor[:40]!r} is not valid UTF-8") from None
+    if any(unicodedata.category(ch) == "Cc" for ch in cursor):
+        raise InvalidInput(f"cursor {cursor[:40]!r} contains a control character (newline, tab...)")
+    return cursor
+
+
 def validate_records(records: int | None) -> int | None:
     if records is not None and not 0 <= records <= INT4_MAX:
         raise InvalidInput(f"records must be between 0 and {INT4_MAX}, not {records}")
@@ -212,12 +240,17 @@ def start_run(conn: "psycopg.Connection", schema: str, name: str, *, source: str
 
 
 def end_run(conn: "psycopg.Connection", schema: str, run_id: str | int, status: str, *,
-            records: int | None = None, message: str | None = None) -> Run:
-    """Mark an in_progress run success or error; refuse unknown or already ended runs."""
+            records: int | None = None, message: str | None = None,
+            cursor: str | None = None) -> Run:
+    """Mark an in_progress run success or error; refuse unknown or already ended runs.
+
+    A cursor is kept either way, but only a success's is ever handed on.
+    """
     if status not in ENDED:
         raise InvalidInput(f"a run ends as {' or '.join(ENDED)}, not {status!r}")
     params = {"id": parse_run_id(run_id), "status": status,
-              "records": validate_records(records), "message": message}
+              "records": validate_records(records), "message": message,
+              "cursor": validate_cursor(cursor)}
     return _update_in_progress(conn, END_RUN, schema, params)
 
 
@@ -247,24 +280,34 @@ def last_start(conn: "psycopg.Connection", schema: str, name: str,
     For success that is the watermark, as `last-success` prints it.
     """
     if status == SUCCESS:
-        return watermark(conn, schema, name)
+        return next_watermark(conn, schema, name).since
     row = conn.execute(statement(LAST_START_BY_STATUS, schema),
                        {"name": validate_name(name), "status": status}).fetchone()
     return row[0] if row else None
 
 
-def watermark(conn: "psycopg.Connection", schema: str, name: str, *,
-              lookback: int = 0) -> int | None:
-    """What the next run of `name` is handed: unix seconds (floor) of the start of its
-    last success, less `lookback` seconds; None when it never succeeded."""
+@dataclass(frozen=True)
+class Watermark:
+    """What the next run of a job is handed."""
+
+    since: int | None  # unix seconds (floor) of the last success's start, less the look-back
+    cursor: str | None  # the cursor of the last success that has one
+
+
+def next_watermark(conn: "psycopg.Connection", schema: str, name: str, *,
+                   lookback: float = 0) -> Watermark:
+    """What the next run of `name` is handed (None where there is nothing)."""
+    from psycopg.rows import class_row
+
     params = {"name": validate_name(name), "lookback": validate_lookback(lookback)}
-    return conn.execute(statement(LAST_SUCCESS, schema), params).fetchone()[0]
+    with conn.cursor(row_factory=class_row(Watermark)) as cur:
+        return cur.execute(statement(NEXT_WATERMARK, schema), params).fetchone()
 
 
 def last_success(conn: "psycopg.Connection", schema: str, name: str, *,
-                 lookback: int = 0) -> int:
-    """Like watermark, raising NoSuccess when the job never succeeded."""
-    since = watermark(conn, schema, name, lookback=lookback)
+                 lookback: float = 0) -> int:
+    """The watermark's time, raising NoSuccess when the job never succeeded."""
+    since = next_watermark(conn, schema, name, lookback=lookback).since
     if since is None:
         raise NoSuccess(f"{name!r} has never succeeded")
     return since
@@ -300,6 +343,7 @@ class Claim:
     blocking: Run | None
     last_success: int | None  # the watermark handed (look-back applied), unix seconds
     abandoned: list[Run]  # dead runs of the name reaped on the way
+    cursor: str | None = None  # the cursor handed
 
 
 @dataclass(frozen=True)
@@ -333,10 +377,10 @@ LIMIT 1
 CLAIM_RUN = f"""
 WITH {WATERMARK_STATE}
 INSERT INTO {{table}} (name, status, start_date, source, destination, host, pid, username,
-                     command, heartbeat_at, lease_until, run_key, since_handed)
+                     command, heartbeat_at, lease_until, run_key, since_handed, cursor_handed)
 SELECT %(name)s, 'in_progress', now(), %(source)s, %(destination)s, %(host)s, %(pid)s,
        %(username)s, %(command)s, now(), now() + make_interval(secs => %(lease_seconds)s),
-       %(run_key)s, to_timestamp({HANDED_SECONDS})
+       %(run_key)s, to_timestamp({HANDED_SECONDS}), state.cursor
 FROM state
 WHERE %(allow_overlap)s OR NOT EXISTS (SELECT FROM {{table}} WHERE name = %(name)s AND {{live}})
 RETURNING {{columns}}
@@ -353,7 +397,8 @@ WHERE id = %(id)s AND status = 'in_progress'
 REPORT_RUN = """
 UPDATE {table}
 SET records_processed = coalesce(%(records)s, records_processed),
-    message = coalesce(%(message)s, message)
+    message = coalesce(%(message)s, message),
+    cursor = coalesce(%(cursor)s, cursor)
 WHERE id = %(id)s AND status = 'in_progress'
 RETURNING {columns}
 """
@@ -443,7 +488,7 @@ def claim_run(conn: "psycopg.Connection", schema: str, invocation: Invocation, *
     since = run and run.since_handed
     return Claim(run=run, blocking=None if run else live.fetchone(),
                  last_success=None if since is None else int(since.timestamp()),
-                 abandoned=reaped.fetchall())
+                 cursor=run and run.cursor_handed, abandoned=reaped.fetchall())
 
 
 def heartbeat(conn: "psycopg.Connection", schema: str, run_id: int, *,
@@ -461,10 +506,10 @@ def heartbeat(conn: "psycopg.Connection", schema: str, run_id: int, *,
 
 
 def report_run(conn: "psycopg.Connection", schema: str, run_id: str | int, *,
-               records: int | None, message: str | None) -> Run:
+               records: int | None, message: str | None, cursor: str | None = None) -> Run:
     """Set what the command reports about itself on its in_progress run."""
     params = {"id": parse_run_id(run_id), "records": validate_records(records),
-              "message": message}
+              "message": message, "cursor": validate_cursor(cursor)}
     return _update_in_progress(conn, REPORT_RUN, schema, params)
 
 

@@ -159,7 +159,7 @@ def child_environment(base: Mapping[str, str], database: Database, name: str,
     else:
         env.pop(config.ENV_DATABASE_URL, None)
     run_variables = (config.ENV_ID, config.ENV_LAST_SUCCESS, config.ENV_LAST_SUCCESS_ISO,
-                     config.ENV_LOOKBACK_SECONDS)
+                     config.ENV_LOOKBACK_SECONDS, config.ENV_LAST_CURSOR)
     if claim is None:
         for variable in run_variables:
             env.pop(variable, None)
@@ -167,7 +167,7 @@ def child_environment(base: Mapping[str, str], database: Database, name: str,
     last = claim.last_success
     env.update(zip(run_variables, (str(claim.run.id), "" if last is None else str(last),
                                    "" if last is None else iso_seconds(last),
-                                   str(validate_lookback(lookback)))))
+                                   str(validate_lookback(lookback)), claim.cursor or "")))
     return env
 
 

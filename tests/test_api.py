@@ -96,3 +96,13 @@ def test_embedded_default(home, monkeypatch):
     started = datetime.fromisoformat(job.data["start_date"].replace("Z", "+00:00"))
     assert job.data["status"] == "success"
     assert job.most_recent() == math.floor(started.timestamp())
+
+
+def test_cursors_through_the_api(job, conn):
+    assert job.most_recent_cursor() is None
+    job.start()
+    job.result("success", cursor="2024-05-01T00:00:00Z")
+    assert job.most_recent_cursor() == "2024-05-01T00:00:00Z"
+    with job.run() as running:
+        running.cursor = "next"
+    assert job.most_recent_cursor() == "next"

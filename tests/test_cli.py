@@ -101,6 +101,24 @@ def test_last_success_exit_codes(cli, conn):
     assert cli("last-success", "a", "--iso").stdout == "2024-03-10T09:59:59Z\n"
 
 
+def test_finish_cursor_and_last_success_cursor(cli, conn):
+    never = cli("last-success", "a", "--cursor")
+    assert (never.returncode, never.stdout, never.stderr) == (3, "", "")
+    assert cli("last-success", "a", "--cursor", "--default", "0").stdout == "0\n"
+    run_id = cli("start", "a").stdout.strip()
+    assert cli("finish", run_id, "--cursor", "id 17 ü").returncode == 0
+    assert cli("last-success", "a", "--cursor", "--default", "0").stdout == "id 17 ü\n"
+    assert cli("last-success", "a").stdout.strip().isdigit()
+    for bad in (["--cursor", "--iso"], ["--cursor", "--lookback", "1m"], ["--default", "x"]):
+        refused = cli("last-success", "a", *bad)
+        assert refused.returncode == 2 and refused.stderr.count("\n") == 1, bad
+    failed = cli("start", "a").stdout.strip()
+    refused = cli("fail", failed, "--cursor", "99")
+    assert refused.returncode == 2 and "--cursor" in refused.stderr
+    empty = cli("finish", failed, "--cursor", "")
+    assert empty.returncode == 2 and empty.stderr.startswith("jobs-cli: ")
+
+
 def test_last_success_with_a_look_back(cli, conn):
     assert cli("last-success", "a", "--default", "5", "--lookback", "1h").stdout == "5\n"
     conn.execute("INSERT INTO jobs (name, status, start_date, end_date, source, destination)"

@@ -125,6 +125,17 @@ def test_a_look_back_is_taken_off_the_watermark_told_and_kept(cli, conn):
     assert rows(conn, "extract(epoch FROM since_handed)::bigint") == [(None,), (started,)]
 
 
+def test_a_cursor_reported_by_a_successful_run_is_handed_to_the_next(cli, conn):
+    report = 'printf "[%s]\n" "$JOBS_LAST_CURSOR"; jobs-cli report --cursor "$1"; exit "$2"'
+    outputs = [cli("run", "--name", "c", "--", "sh", "-c", report, "sh", cursor, code).stdout
+               for cursor, code in (("10", "0"), ("20", "1"), ("30", "0"), ("40", "0"))]
+    assert outputs == ["[]\n", "[10]\n", "[10]\n", "[30]\n"]
+    assert rows(conn, "status, cursor_handed, cursor") == [
+        ("success", None, "10"), ("error", "10", "20"), ("success", "10", "30"),
+        ("success", "30", "40")]
+    assert cli("last-success", "c", "--cursor").stdout == "40\n"
+
+
 def test_a_database_given_as_an_option_reaches_the_command(cli_env, conn, db_url):
     env = {key: value for key, value in cli_env.items() if key != "JOBS_DATABASE_URL"}
     result = subprocess.run(

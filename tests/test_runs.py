@@ -176,12 +176,12 @@ def test_new_names_are_capped_but_longer_adopted_names_can_be_read(conn):
 
 def test_a_look_back_is_taken_off_the_floored_watermark_in_whole_seconds(conn):
     insert(conn, "j", "success", "2024-01-01T10:00:00.999Z", "2024-01-01T12:00:00Z")
-    assert runs.watermark(conn, SCHEMA, "j", lookback=600) == 1704103200 - 600
+    assert runs.next_watermark(conn, SCHEMA, "j", lookback=600).since == 1704103200 - 600
     # Rounded up: a shorter look-back than asked could miss rows.
     assert runs.last_success(conn, SCHEMA, "j", lookback=0.2) == 1704103200 - 1
-    assert runs.watermark(conn, SCHEMA, "never", lookback=600) is None
+    assert runs.next_watermark(conn, SCHEMA, "never", lookback=600).since is None
     with pytest.raises(InvalidInput):
-        runs.watermark(conn, SCHEMA, "j", lookback=-1)
+        runs.next_watermark(conn, SCHEMA, "j", lookback=-1)
 
 
 def test_a_claim_keeps_the_watermark_it_hands(conn):
@@ -196,3 +196,50 @@ def test_a_claim_keeps_the_watermark_it_hands(conn):
                                                                "run_key": "n"}),
                            lease_seconds=60, allow_overlap=False, lookback=3600)
     assert (first.last_success, first.run.since_handed) == (None, None)
+
+
+def test_the_cursor_is_the_last_successful_runs_that_has_one(conn):
+    assert runs.next_watermark(conn, SCHEMA, "j") == runs.Watermark(since=None, cursor=None)
+    first = runs.start_run(conn, SCHEMA, "j")
+    runs.end_run(conn, SCHEMA, first.id, "success", cursor="100")
+    failed = runs.start_run(conn, SCHEMA, "j")
+    runs.end_run(conn, SCHEMA, failed.id, "error", cursor="150")  # kept, never handed on
+    without = runs.start_run(conn, SCHEMA, "j")
+    runs.end_run(conn, SCHEMA, without.id, "success")
+    handed = runs.next_watermark(conn, SCHEMA, "j")
+    assert handed.cursor == "100"
+    assert handed.since == int(runs.get_run(conn, SCHEMA, without.id).start_date.timestamp())
+    reported = runs.start_run(conn, SCHEMA, "j")
+    runs.report_run(conn, SCHEMA, reported.id, records=None, message=None, cursor="2024-05-01 x")
+    runs.end_run(conn, SCHEMA, reported.id, "success")
+    assert runs.next_watermark(conn, SCHEMA, "j").cursor == "2024-05-01 x"
+
+
+@pytest.mark.parametrize("cursor", ["", "a\nb", "tab\there", "nul\x00", "\udcff"])
+def test_a_cursor_is_one_line_of_text(conn, cursor):
+    run = runs.start_run(conn, SCHEMA, "j")
+    with pytest.raises(InvalidInput):
+        runs.end_run(conn, SCHEMA, run.id, "success", cursor=cursor)
+    assert runs.get_run(conn, SCHEMA, run.id).status == "in_progress"
+
+
+def test_a_claim_hands_the_cursor_and_keeps_it(conn):
+    run = runs.start_run(conn, SCHEMA, "j")
+    runs.end_run(conn, SCHEMA, run.id, "success", cursor="42")
+    called = runs.Invocation(run_key="k", name="j", source="", destination="", command="c",
+                             host="h", pid=1, username="u")
+    claim = runs.claim_run(conn, SCHEMA, called, lease_seconds=60, allow_overlap=False)
+    assert claim.cursor == claim.run.cursor_handed == "42" and claim.run.cursor is None
+
+
+def test_the_cursor_uses_its_partial_index(conn):
+    conn.execute("""
+        INSERT INTO jobs (name, status, start_date, end_date, source, destination)
+        SELECT 'job' || (i % 200), 'success', now() - i * interval '1 minute',
+               now() - i * interval '1 minute' + interval '10 s', '', ''
+        FROM generate_series(1, 20000) i""")
+    conn.execute("ANALYZE jobs")
+    plan = "\n".join(row[0] for row in conn.execute(
+        "EXPLAIN " + runs.statement(runs.NEXT_WATERMARK, SCHEMA).as_string(conn),
+        {"name": "job7", "lookback": 0}))
+    assert "jobs_cursor_by_name" in plan and "jobs_success_by_name" in plan

@@ -49,8 +49,8 @@ def run(ctx: click.Context, name: str, source: str, destination: str, timeout: f
     Exits with the command's exit code.
 
     The command gets JOBS_ID, JOBS_NAME, JOBS_LAST_SUCCESS (unix seconds less
-    --lookback, empty if never), JOBS_LAST_SUCCESS_ISO and JOBS_LOOKBACK_SECONDS,
-    and can `jobs-cli report` its records.
+    --lookback, empty if never), JOBS_LAST_SUCCESS_ISO, JOBS_LOOKBACK_SECONDS and
+    JOBS_LAST_CURSOR (empty if none), and can `jobs-cli report` its records and cursor.
     stdout passes untouched; stderr passes live and its tail is recorded.
 
     Exit: the command's code; 124 timed out, 126 not executable, 127 not
