@@ -64,6 +64,8 @@ ALTER TABLE jobs ADD COLUMN IF NOT EXISTS cursor_handed text;
 CREATE INDEX IF NOT EXISTS jobs_cursor_by_name
     ON jobs (name, end_date DESC NULLS LAST, id DESC)
     WHERE status = 'success' AND cursor IS NOT NULL;
+-- `run --after`: the upstream runs a run consumed (JOBS_UPSTREAM_RUNS).
+ALTER TABLE jobs ADD COLUMN IF NOT EXISTS upstream_handed integer[];
 
 -- Constraints. Adopted rows may break them; such a constraint is then added
 -- NOT VALID (it holds for every new or updated row, old rows stay as they

@@ -76,6 +76,17 @@ class Overlap(JobsError):
     exit_code = EXIT_TEMPFAIL
 
 
+class UpstreamNotReady(JobsError):
+    """`run --after`: an upstream job has no success since this job's last one; exit 75.
+
+    Said only on a terminal: a chain run every few minutes skips most of the
+    time, and cron mails any output.
+    """
+
+    exit_code = EXIT_TEMPFAIL
+    quiet_off_terminal = True
+
+
 class SpoolError(JobsError):
     """A result the database would not take could not be spooled either."""
 

@@ -62,7 +62,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 from . import runs, spool
 from .db import Database, conninfo_params, open_connection, translated_errors, where
@@ -112,7 +112,8 @@ class Recorder:
     # -- before the command -----------------------------------------------------
 
     def claim(self, invocation: runs.Invocation, *, lease_seconds: float,
-              allow_overlap: bool, lookback: float = 0) -> runs.Claim:
+              allow_overlap: bool, lookback: float = 0,
+              after: Sequence[str] = ()) -> runs.Claim:
         """Insert the run unless another of the name is live; raises DatabaseError.
 
         Results spooled for this database are replayed first, on the same connection.
@@ -123,7 +124,7 @@ class Recorder:
         with translated_errors(self.database):
             claim = runs.claim_run(self._connection(), self.database.schema, invocation,
                                    lease_seconds=lease_seconds, allow_overlap=allow_overlap,
-                                   lookback=lookback)
+                                   lookback=lookback, after=after)
         for dead in claim.abandoned:
             self.tell(f"run {dead.id} of {dead.name!r} had lost its wrapper; marked abandoned")
         if claim.run is not None:

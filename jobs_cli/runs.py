@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import math
 import unicodedata
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
 from functools import cache
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Sequence
 
 from .config import INT4_MAX
 from .errors import InvalidInput, NoSuccess, NotFound, Refused
@@ -56,6 +56,8 @@ class Run:
     # applied) and JOBS_LAST_CURSOR.
     since_handed: datetime | None = None
     cursor_handed: str | None = None
+    # `run --after`: the upstream runs it consumed, in --after order.
+    upstream_handed: list[int] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready: timestamps as ISO-8601 in UTC."""
@@ -221,6 +223,14 @@ def validate_cursor(cursor: str | None) -> str | None:
     return cursor
 
 
+def validate_upstream(name: str, after: Sequence[str]) -> list[str]:
+    """The upstream jobs of `run --after`, each once, in the order given."""
+    upstream = list(dict.fromkeys(validate_name(each) for each in after))
+    if name in upstream:
+        raise InvalidInput(f"{name!r} cannot run --after itself")
+    return upstream
+
+
 def validate_records(records: int | None) -> int | None:
     if records is not None and not 0 <= records <= INT4_MAX:
         raise InvalidInput(f"records must be between 0 and {INT4_MAX}, not {records}")
@@ -344,6 +354,13 @@ class Claim:
     last_success: int | None  # the watermark handed (look-back applied), unix seconds
     abandoned: list[Run]  # dead runs of the name reaped on the way
     cursor: str | None = None  # the cursor handed
+    # Not inserted because these upstream jobs (`run --after`) have no new success.
+    waiting_for: list[str] = field(default_factory=list)
+
+    @property
+    def upstream_runs(self) -> list[int]:
+        """The upstream runs consumed: the newest new success of each --after job."""
+        return list(self.run.upstream_handed or []) if self.run else []
 
 
 @dataclass(frozen=True)
@@ -372,18 +389,39 @@ ORDER BY start_date, id
 LIMIT 1
 """
 
-# Unless overlap is allowed, inserted only while no run of the name is live.
-# The run keeps the watermark it is handed.
+# Unless overlap is allowed, inserted only while no run of the name is live,
+# and (`run --after`) only when each upstream job has a success that ended
+# after this job's watermark (the start of its last success; any success when
+# it has none). The run keeps what it is handed: the watermark, the cursor and
+# the newest such upstream run of each job, in --after order. The statement
+# says whether it inserted and which upstream jobs are not ready; the run
+# itself is read by its run_key, in the same transaction.
 CLAIM_RUN = f"""
-WITH {WATERMARK_STATE}
-INSERT INTO {{table}} (name, status, start_date, source, destination, host, pid, username,
-                     command, heartbeat_at, lease_until, run_key, since_handed, cursor_handed)
-SELECT %(name)s, 'in_progress', now(), %(source)s, %(destination)s, %(host)s, %(pid)s,
-       %(username)s, %(command)s, now(), now() + make_interval(secs => %(lease_seconds)s),
-       %(run_key)s, to_timestamp({HANDED_SECONDS}), state.cursor
-FROM state
-WHERE %(allow_overlap)s OR NOT EXISTS (SELECT FROM {{table}} WHERE name = %(name)s AND {{live}})
-RETURNING {{columns}}
+WITH {WATERMARK_STATE},
+upstream AS (
+    SELECT up.name, up.ord,
+           (SELECT id FROM {{table}}
+            WHERE name = up.name AND status = 'success'
+              AND end_date > coalesce(state.watermark, '-infinity')
+            ORDER BY end_date DESC NULLS LAST, id DESC
+            LIMIT 1) AS run_id
+    FROM state CROSS JOIN unnest(%(after)s::text[]) WITH ORDINALITY AS up(name, ord)
+),
+claimed AS (
+    INSERT INTO {{table}} (name, status, start_date, source, destination, host, pid, username,
+                         command, heartbeat_at, lease_until, run_key, since_handed,
+                         cursor_handed, upstream_handed)
+    SELECT %(name)s, 'in_progress', now(), %(source)s, %(destination)s, %(host)s, %(pid)s,
+           %(username)s, %(command)s, now(), now() + make_interval(secs => %(lease_seconds)s),
+           %(run_key)s, to_timestamp({HANDED_SECONDS}), state.cursor,
+           (SELECT array_agg(run_id ORDER BY ord) FROM upstream)
+    FROM state
+    WHERE (%(allow_overlap)s OR NOT EXISTS (SELECT FROM {{table}} WHERE name = %(name)s AND {{live}}))
+      AND NOT EXISTS (SELECT FROM upstream WHERE run_id IS NULL)
+    RETURNING id
+)
+SELECT EXISTS (SELECT FROM claimed),
+       array(SELECT name FROM upstream WHERE run_id IS NULL ORDER BY ord)
 """
 
 HEARTBEAT = """
@@ -470,25 +508,31 @@ RUN_BY_KEY = "SELECT {columns} FROM {table} WHERE run_key = %(run_key)s"
 
 
 def claim_run(conn: "psycopg.Connection", schema: str, invocation: Invocation, *,
-              lease_seconds: float, allow_overlap: bool, lookback: float = 0) -> Claim:
+              lease_seconds: float, allow_overlap: bool, lookback: float = 0,
+              after: Sequence[str] = ()) -> Claim:
     """In one transaction and one round trip: reap the name's dead runs, insert the run
-    unless another is live (or overlap is allowed) with the watermark it is handed
-    (the last success's start less `lookback` seconds)."""
+    unless another is live (or overlap is allowed) or an upstream job in `after` has
+    no new success, with the watermark it is handed (the last success's start less
+    `lookback` seconds), its cursor and the upstream runs it consumes."""
     # One set of parameters for every statement: only dead supervised runs are reaped.
     params = {**vars(invocation), "lease_seconds": lease_seconds,
               "allow_overlap": allow_overlap, "lock_key": f"{schema}.jobs:{invocation.name}",
               "older_than": None, "unsupervised_reason": None,
-              "lookback": validate_lookback(lookback)}
+              "lookback": validate_lookback(lookback),
+              "after": validate_upstream(invocation.name, after) or None}
     with conn.pipeline(), conn.transaction():
         conn.execute(CLAIM_LOCK, params)
         reaped = _run_cursor(conn, REAP_RUNS, schema, params)
         live = _run_cursor(conn, LIVE_RUN, schema, params)
-        claimed = _run_cursor(conn, CLAIM_RUN, schema, params)
-    run = claimed.fetchone()
+        claimed = conn.execute(statement(CLAIM_RUN, schema), params)
+        inserted = _run_cursor(conn, RUN_BY_KEY, schema, params)
+    was_claimed, waiting_for = claimed.fetchone()
+    run = inserted.fetchone() if was_claimed else None
     since = run and run.since_handed
     return Claim(run=run, blocking=None if run else live.fetchone(),
                  last_success=None if since is None else int(since.timestamp()),
-                 cursor=run and run.cursor_handed, abandoned=reaped.fetchall())
+                 cursor=run and run.cursor_handed, abandoned=reaped.fetchall(),
+                 waiting_for=[] if run else waiting_for)
 
 
 def heartbeat(conn: "psycopg.Connection", schema: str, run_id: int, *,

@@ -28,12 +28,12 @@ from typing import Mapping, Sequence
 
 from . import config
 from .db import Database
-from .errors import DatabaseError, NotStarted, Overlap
+from .errors import DatabaseError, NotStarted, Overlap, UpstreamNotReady
 from .recorder import Recorder
 from .redact import recorded_command
 from .ringbuffer import tail_text
 from .runs import (Claim, Invocation, RunResult, iso_seconds, validate_lookback,
-                   validate_new_name)
+                   validate_new_name, validate_upstream)
 from .states import ERROR, SUCCESS
 from .supervise import supervise
 
@@ -57,6 +57,7 @@ class RunOptions:
     record_command: bool = True  # with passwords masked; False: no command recorded at all
     heartbeat_seconds: float = config.DEFAULT_HEARTBEAT_SECONDS
     lookback: float = 0.0  # seconds taken off the watermark handed to the command
+    after: tuple[str, ...] = ()  # upstream jobs that must have succeeded since (gating)
 
 
 def wrap(command: Sequence[str], options: RunOptions, recorder: Recorder) -> int:
@@ -71,6 +72,7 @@ def wrap(command: Sequence[str], options: RunOptions, recorder: Recorder) -> int
         destination=options.destination,
         command=recorded_command(command) if options.record_command else None,
         host=socket.gethostname(), pid=os.getpid(), username=_username())
+    validate_upstream(invocation.name, options.after)  # before the database: --fail-open too
     claim, claimed_at = _claim(invocation, options, recorder, deadline)
     # A claimed run started at the claim, by the server's clock; an unclaimed one
     # starts with the command, by this host's.
@@ -112,7 +114,8 @@ def _claim(invocation: Invocation, options: RunOptions, recorder: Recorder,
         try:
             claim = recorder.claim(
                 invocation, lease_seconds=LEASE_HEARTBEATS * options.heartbeat_seconds,
-                allow_overlap=options.on_overlap == config.ALLOW, lookback=options.lookback)
+                allow_overlap=options.on_overlap == config.ALLOW, lookback=options.lookback,
+                after=options.after)
         except DatabaseError as error:
             if not options.fail_open:
                 raise NotStarted(f"{error}; {options.name!r} not run "
@@ -123,7 +126,8 @@ def _claim(invocation: Invocation, options: RunOptions, recorder: Recorder,
         if claim.run is not None:
             return claim, claimed_at
         blocking = claim.blocking
-        assert blocking is not None
+        if blocking is None:
+            raise UpstreamNotReady(_not_ready(options.name, claim.waiting_for))
         busy = (f"{options.name!r} is already running (run {blocking.id}, pid {blocking.pid} "
                 f"on {blocking.host}, since {iso_seconds(int(blocking.start_date.timestamp()))})")
         if options.on_overlap != config.WAIT:
@@ -135,6 +139,12 @@ def _claim(invocation: Invocation, options: RunOptions, recorder: Recorder,
         if remaining <= 0:
             raise Overlap(f"{busy}, and --timeout ran out while waiting; skipped")
         time.sleep(min(WAIT_POLL_SECONDS, remaining))
+
+
+def _not_ready(name: str, waiting_for: list[str]) -> str:
+    upstream = ", ".join(repr(each) for each in waiting_for) or "an upstream job"
+    return (f"{name!r} skipped: {upstream} has not succeeded since the last successful run of "
+            f"{name!r} started")
 
 
 def child_environment(base: Mapping[str, str], database: Database, name: str,
@@ -159,7 +169,7 @@ def child_environment(base: Mapping[str, str], database: Database, name: str,
     else:
         env.pop(config.ENV_DATABASE_URL, None)
     run_variables = (config.ENV_ID, config.ENV_LAST_SUCCESS, config.ENV_LAST_SUCCESS_ISO,
-                     config.ENV_LOOKBACK_SECONDS, config.ENV_LAST_CURSOR)
+                     config.ENV_LOOKBACK_SECONDS, config.ENV_LAST_CURSOR, config.ENV_UPSTREAM_RUNS)
     if claim is None:
         for variable in run_variables:
             env.pop(variable, None)
@@ -167,7 +177,8 @@ def child_environment(base: Mapping[str, str], database: Database, name: str,
     last = claim.last_success
     env.update(zip(run_variables, (str(claim.run.id), "" if last is None else str(last),
                                    "" if last is None else iso_seconds(last),
-                                   str(validate_lookback(lookback)), claim.cursor or "")))
+                                   str(validate_lookback(lookback)), claim.cursor or "",
+                                   " ".join(map(str, claim.upstream_runs)))))
     return env
 
 

@@ -136,6 +136,35 @@ def test_a_cursor_reported_by_a_successful_run_is_handed_to_the_next(cli, conn):
     assert cli("last-success", "c", "--cursor").stdout == "40\n"
 
 
+def test_after_skips_silently_until_the_upstream_job_succeeded_since(cli, cli_env, conn):
+    load = ("run", "--name", "load", "--after", "extract", "--", "sh", "-c",
+            'printf "%s\n" "$JOBS_UPSTREAM_RUNS"')
+    skipped = cli(*load)
+    assert (skipped.returncode, skipped.stdout, skipped.stderr) == (75, "", "")
+    # On a terminal the skip is said, in one line.
+    primary, secondary = os.openpty()
+    try:
+        told = subprocess.run(["jobs-cli", *load], env=cli_env, stdout=subprocess.PIPE,
+                              stderr=secondary, text=True, timeout=60)
+        os.close(secondary)
+        said = os.read(primary, 4096).decode()
+    finally:
+        os.close(primary)
+    assert told.returncode == 75
+    assert said.startswith("jobs-cli: 'load' skipped: 'extract' has not succeeded") and \
+        said.count("\n") == 1, said
+    assert cli("run", "--name", "extract", "--", "false").returncode == 1
+    assert cli(*load).returncode == 75
+    assert cli("run", "--name", "extract", "--", "true").returncode == 0
+    consumed = cli(*load)
+    assert (consumed.returncode, consumed.stdout) == (0, "2\n")
+    assert cli(*load).returncode == 75
+    assert rows(conn, "name, status, upstream_handed") == [
+        ("extract", "error", None), ("extract", "success", None), ("load", "success", [2])]
+    itself = cli("run", "--name", "load", "--after", "load", "--", "true")
+    assert itself.returncode == 2 and "itself" in one_line(itself.stderr)
+
+
 def test_a_database_given_as_an_option_reaches_the_command(cli_env, conn, db_url):
     env = {key: value for key, value in cli_env.items() if key != "JOBS_DATABASE_URL"}
     result = subprocess.run(

@@ -243,3 +243,41 @@ def test_the_cursor_uses_its_partial_index(conn):
         "EXPLAIN " + runs.statement(runs.NEXT_WATERMARK, SCHEMA).as_string(conn),
         {"name": "job7", "lookback": 0}))
     assert "jobs_cursor_by_name" in plan and "jobs_success_by_name" in plan
+
+
+def claim_after(conn, name: str, *after: str, key: str | None = None) -> runs.Claim:
+    called = runs.Invocation(run_key=key or f"{name}-{conn.execute('SELECT random()').fetchone()[0]}",
+                             name=name, source="", destination="", command="c", host="h",
+                             pid=1, username="u")
+    return runs.claim_run(conn, SCHEMA, called, lease_seconds=60, allow_overlap=True,
+                          after=after)
+
+
+def succeed(conn, name: str) -> int:
+    run = runs.start_run(conn, SCHEMA, name)
+    return runs.end_run(conn, SCHEMA, run.id, "success").id
+
+
+def test_after_gates_on_a_success_of_every_upstream_job_since_the_last_success_started(conn):
+    gated = claim_after(conn, "load", "extract", "enrich")
+    assert (gated.run, gated.blocking, gated.waiting_for) == (None, None, ["extract", "enrich"])
+    runs.start_run(conn, SCHEMA, "extract")  # in progress: only successes count
+    extract = succeed(conn, "extract")
+    assert claim_after(conn, "load", "extract", "enrich").waiting_for == ["enrich"]
+    enrich = succeed(conn, "enrich")
+    claim = claim_after(conn, "load", "extract", "enrich", "extract")
+    assert claim.run.upstream_handed == claim.upstream_runs == [extract, enrich]
+    runs.end_run(conn, SCHEMA, claim.run.id, "success")
+    # Nothing new upstream since that success started.
+    assert claim_after(conn, "load", "extract", "enrich").waiting_for == ["extract", "enrich"]
+    newer = succeed(conn, "enrich")
+    succeed(conn, "extract")
+    newest = succeed(conn, "extract")
+    assert claim_after(conn, "load", "enrich", "extract").upstream_runs == [newer, newest]
+    ungated = claim_after(conn, "load")
+    assert ungated.run.upstream_handed is None and ungated.upstream_runs == []
+
+
+def test_a_job_cannot_wait_for_itself(conn):
+    with pytest.raises(InvalidInput):
+        claim_after(conn, "load", "load")

@@ -37,7 +37,7 @@ def test_the_command_learns_its_run_watermark_and_database():
     assert {key: value for key, value in env.items() if key.startswith("JOBS_")} == {
         "JOBS_ID": "7", "JOBS_NAME": "w", "JOBS_LAST_SUCCESS": "1714543200",
         "JOBS_LAST_SUCCESS_ISO": "2024-05-01T06:00:00Z", "JOBS_LOOKBACK_SECONDS": "1",
-        "JOBS_LAST_CURSOR": "",
+        "JOBS_LAST_CURSOR": "", "JOBS_UPSTREAM_RUNS": "",
         "JOBS_SCHEMA": "etl",
         "JOBS_HOME": "/srv/jobs", "JOBS_DATABASE_URL": "postgresql://etl@db/dwh"}
     assert env["PATH"] == "/bin"
@@ -54,7 +54,7 @@ def test_an_unclaimed_run_has_no_run_variables_at_all():
     inherited = {**INHERITED, "JOBS_LOOKBACK_SECONDS": "5", "JOBS_LAST_CURSOR": "9"}
     env = child_environment(inherited, Database(home=Path("/srv/jobs")), "w", None, lookback=9)
     assert not {"JOBS_ID", "JOBS_LAST_SUCCESS", "JOBS_LAST_SUCCESS_ISO",
-                "JOBS_LOOKBACK_SECONDS", "JOBS_LAST_CURSOR"} & set(env)
+                "JOBS_LOOKBACK_SECONDS", "JOBS_LAST_CURSOR", "JOBS_UPSTREAM_RUNS"} & set(env)
     assert env["JOBS_NAME"] == "w"
 
 

@@ -27,7 +27,8 @@ class JobsGroup(click.Group):
         try:
             return super().invoke(ctx)
         except JobsError as exc:
-            click.echo(f"jobs-cli: {exc}", err=True)
+            if sys.stderr.isatty() or not getattr(exc, "quiet_off_terminal", False):
+                click.echo(f"jobs-cli: {exc}", err=True)
             ctx.exit(exc.exit_code)
         except (click.ClickException, click.exceptions.Exit, click.Abort):
             raise

@@ -31,6 +31,9 @@ from .common import (DURATION, Count, complete_job_names, connection, destinatio
               help="Run the command even when the database cannot be reached (no watermark, "
                    "no overlap check); record it once the database is back.")
 @lookback_option
+@click.option("--after", "after", multiple=True, metavar="JOB", shell_complete=complete_job_names,
+              help="Run only when job JOB has succeeded since this job's last success "
+                   "started; else skip silently (exit 75). Repeatable.")
 @click.option("--tail-bytes", type=Count(0, config.MAX_TAIL_BYTES),
               default=config.DEFAULT_TAIL_BYTES, show_default=True, metavar="N",
               help="Keep the last N bytes of stderr in the run's output and error message.")
@@ -42,7 +45,7 @@ from .common import (DURATION, Count, complete_job_names, connection, destinatio
 @click.pass_context
 def run(ctx: click.Context, name: str, source: str, destination: str, timeout: float | None,
         kill_after: float, on_overlap: str, fail_open: bool, lookback: float | None,
-        tail_bytes: int, capture_stdout: bool, hide_command: bool,
+        after: tuple[str, ...], tail_bytes: int, capture_stdout: bool, hide_command: bool,
         command: tuple[str, ...]) -> None:
     """Run COMMAND as a recorded run of job NAME.
 
@@ -51,22 +54,24 @@ def run(ctx: click.Context, name: str, source: str, destination: str, timeout: f
     The command gets JOBS_ID, JOBS_NAME, JOBS_LAST_SUCCESS (unix seconds less
     --lookback, empty if never), JOBS_LAST_SUCCESS_ISO, JOBS_LOOKBACK_SECONDS and
     JOBS_LAST_CURSOR (empty if none), and can `jobs-cli report` its records and cursor.
+    With --after, JOBS_UPSTREAM_RUNS lists the upstream runs it consumes.
     stdout passes untouched; stderr passes live and its tail is recorded.
 
     Exit: the command's code; 124 timed out, 126 not executable, 127 not
     found, 128+N signal N; 69 database unreachable (command not run), 75
-    another run is live (skipped).
+    another run is live or an --after job has not succeeded since (skipped).
 
     \b
     Example:
       jobs-cli run --name orders_sync --timeout 15m -- ./sync.sh --full
+      jobs-cli run --name load_dwh --after orders_sync -- ./load.sh
     """
     from ..wrapper import RunOptions, wrap
 
     options = RunOptions(
         name=name, source=source, destination=destination,
         timeout=timeout, kill_after=kill_after, on_overlap=on_overlap,
-        fail_open=fail_open, lookback=lookback or 0, tail_bytes=tail_bytes,
+        fail_open=fail_open, lookback=lookback or 0, after=after, tail_bytes=tail_bytes,
         capture_stdout=capture_stdout, record_command=not hide_command,
         heartbeat_seconds=seconds_from_env(config.ENV_HEARTBEAT_SECONDS,
                                            config.DEFAULT_HEARTBEAT_SECONDS, positive=True))
