@@ -365,3 +365,19 @@ BEGIN
     END IF;
 END
 $$;
+
+-- `jobs-cli reset`: an earlier successful run's watermark and cursor made
+-- current again (to_run), or none (to_run NULL: the next run is a full load).
+-- Never a row of `jobs`, so readers of runs see only runs. In force until a
+-- run that started after reset_at succeeds; nothing is ever deleted.
+CREATE TABLE IF NOT EXISTS jobs_resets (
+    id        serial PRIMARY KEY,
+    name      text NOT NULL,
+    reset_at  timestamptz NOT NULL DEFAULT now(),
+    to_run    integer,
+    watermark timestamptz,
+    cursor    text,
+    username  text,
+    host      text
+);
+CREATE INDEX IF NOT EXISTS jobs_resets_by_name ON jobs_resets (name, reset_at DESC, id DESC);

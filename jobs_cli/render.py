@@ -27,6 +27,8 @@ if TYPE_CHECKING:
     from rich.table import Table
     from rich.text import Text
 
+    from .watermarks import HistoryEntry
+
 
 def emit_json(value: Any) -> None:
     json.dump(value, sys.stdout, ensure_ascii=False)
@@ -494,3 +496,38 @@ def watch(snapshots: Iterable[Snapshot], utc: bool) -> None:
                      f"{moment(snapshot.taken_at, utc, short=True)}; Ctrl-C quits")
             live.update(runs_table(console, snapshot.unfinished, snapshot.ended, utc=utc,
                                    title=title), refresh=True)
+
+
+def print_history(entries: list["HistoryEntry"], utc: bool) -> None:
+    """A job's successful runs and resets, newest first: the window each run loaded."""
+    console = make_console()
+    arrow = "→" if unicode_ok(console) else "->"
+
+    def what(entry: "HistoryEntry") -> str:
+        if entry.kind == "run":
+            return f"run {entry.id}"
+        return f"reset {entry.id} {arrow} " + (
+            "start" if entry.to_run is None else f"run {entry.to_run}")
+
+    def window(entry: "HistoryEntry") -> Text:
+        since = moment(entry.since, utc) or ("start" if entry.kind == "reset" else "—")
+        return cell(since if entry.kind == "reset"
+                    else f"{since} {arrow} {moment(entry.start_date, utc)}")
+
+    def cursors(entry: "HistoryEntry") -> Text:
+        if entry.kind == "reset":
+            return cell(entry.cursor or "")
+        if entry.cursor_handed is None and entry.cursor is None:
+            return cell("")
+        return cell(f"{entry.cursor_handed or '—'} {arrow} {entry.cursor or '—'}")
+
+    columns = [
+        Column("", what),
+        Column("when", lambda entry: moment(entry.at, utc), drop_rank=3),
+        Column("loaded (from the watermark handed to the start)", window, shrink_rank=1),
+        Column("cursor", cursors, shrink_rank=1, drop_rank=2),
+        Column("records", lambda entry: "" if entry.records_processed is None
+               else str(entry.records_processed), right=True, drop_rank=1),
+        Column("by", lambda entry: cell(entry.made_by), drop_rank=1),
+    ]
+    write_out(console, fitted_table(console, columns, [entries]))

@@ -68,8 +68,9 @@ RUN_COLUMNS = tuple(f.name for f in fields(Run))
 
 
 # -- SQL --------------------------------------------------------------------
-# {table} is the schema-qualified jobs table ({summary} its per-name summary),
-# {columns} the Run fields, and {live}, {dead} and {running} the liveness rule below.
+# {table} is the schema-qualified jobs table ({summary} its per-name summary,
+# {resets} the resets of watermarks), {columns} the Run fields, and {live},
+# {dead} and {running} the liveness rule below.
 
 # Liveness of an in_progress run, by the server's clock (see the recorder
 # module): live while the lease its wrapper renews is in the future, dead once
@@ -120,16 +121,31 @@ LIMIT 1
 #   index jobs_success_by_name.
 # - cursor: the cursor of the last successful run that has one, NULL when none
 #   has. Served by jobs_cursor_by_name, so a job without cursors reads nothing.
+# The latest reset (see the watermarks module) stands in for the runs that
+# started before it: it is in force until a run started after it succeeds.
 WATERMARK_STATE = """
 state AS (
-    SELECT (SELECT start_date FROM {table}
-            WHERE name = %(name)s AND status = 'success'
-            ORDER BY end_date DESC NULLS LAST, id DESC
-            LIMIT 1) AS watermark,
-           (SELECT cursor FROM {table}
-            WHERE name = %(name)s AND status = 'success' AND cursor IS NOT NULL
-            ORDER BY end_date DESC NULLS LAST, id DESC
-            LIMIT 1) AS cursor
+    SELECT CASE WHEN last.id IS NOT NULL THEN last.start_date ELSE reset.watermark END
+               AS watermark,
+           coalesce(last_cursor.cursor, reset.cursor) AS cursor
+    FROM (SELECT) AS one
+    LEFT JOIN LATERAL (
+        SELECT reset_at, watermark, cursor FROM {resets}
+        WHERE name = %(name)s
+        ORDER BY reset_at DESC, id DESC
+        LIMIT 1) AS reset ON true
+    LEFT JOIN LATERAL (
+        SELECT id, start_date FROM {table}
+        WHERE name = %(name)s AND status = 'success'
+          AND start_date > coalesce(reset.reset_at, '-infinity')
+        ORDER BY end_date DESC NULLS LAST, id DESC
+        LIMIT 1) AS last ON true
+    LEFT JOIN LATERAL (
+        SELECT cursor FROM {table}
+        WHERE name = %(name)s AND status = 'success' AND cursor IS NOT NULL
+          AND start_date > coalesce(reset.reset_at, '-infinity')
+        ORDER BY end_date DESC NULLS LAST, id DESC
+        LIMIT 1) AS last_cursor ON true
 )"""
 
 # Whole unix seconds (floor), less the look-back, as `last-success` prints them
@@ -146,6 +162,7 @@ def statement(template: str, schema: str) -> "sql.Composed":
     return sql.SQL(template).format(
         table=sql.Identifier(schema, "jobs"),
         summary=sql.Identifier(schema, "jobs_summary"),
+        resets=sql.Identifier(schema, "jobs_resets"),
         columns=sql.SQL(", ").join(sql.Identifier(name) for name in RUN_COLUMNS),
         **{state: sql.SQL(f"({condition})") for state, condition in LIVENESS.items()},
     )

@@ -71,7 +71,7 @@ def wrap(command: Sequence[str], options: RunOptions, recorder: Recorder) -> int
         run_key=uuid.uuid4().hex, name=validate_new_name(options.name), source=options.source,
         destination=options.destination,
         command=recorded_command(command) if options.record_command else None,
-        host=socket.gethostname(), pid=os.getpid(), username=_username())
+        host=socket.gethostname(), pid=os.getpid(), username=current_username())
     validate_upstream(invocation.name, options.after)  # before the database: --fail-open too
     claim, claimed_at = _claim(invocation, options, recorder, deadline)
     # A claimed run started at the claim, by the server's clock; an unclaimed one
@@ -190,7 +190,7 @@ def _own_executable() -> str | None:
     return shutil.which("jobs-cli")
 
 
-def _username() -> str:
+def current_username() -> str:
     # The effective user, from the password database: LOGNAME and USER can say anything.
     try:
         return pwd.getpwuid(os.geteuid()).pw_name

@@ -345,3 +345,54 @@ def test_every_summary_fits_the_command_list(cli):
 @pytest.mark.parametrize("command", ["", *sorted(all_commands())])
 def test_help_has_no_range_noise(cli, command):
     assert "<=" not in cli(*command.split(), "--help").stdout
+
+
+def test_reset_and_history(cli, conn):
+    ids = []
+    for cursor in ("10", "20"):
+        run_id = cli("start", "a").stdout.strip()
+        assert cli("finish", run_id, "--cursor", cursor).returncode == 0
+        ids.append(int(run_id))
+    first_start = conn.execute("SELECT floor(extract(epoch FROM start_date))::bigint FROM jobs"
+                               " WHERE id = %s", (ids[0],)).fetchone()[0]
+    unconfirmed = cli("reset", "a", "--to", str(ids[0]))
+    assert unconfirmed.returncode == 2 and "--yes" in unconfirmed.stderr
+    for bad in ([], ["--to", "1", "--to-start"]):
+        refused = cli("reset", "a", "--yes", *bad)
+        assert refused.returncode == 2 and refused.stderr.count("\n") == 1, bad
+    other = cli("reset", "b", "--to", str(ids[0]), "--yes")
+    assert other.returncode == 1 and "of 'a', not of 'b'" in other.stderr
+    done = cli("reset", "a", "--to", str(ids[0]), "--yes")
+    assert (done.returncode, done.stdout) == (0, "")
+    assert done.stderr.startswith("jobs-cli: reset 1: ") and done.stderr.endswith("cursor '10'\n")
+    assert cli("last-success", "a").stdout == f"{first_start}\n"
+    assert cli("last-success", "a", "--cursor").stdout == "10\n"
+    history = json.loads(cli("history", "a", "--json").stdout)
+    assert [(entry["kind"], entry["id"]) for entry in history] == [
+        ("reset", 1), ("run", ids[1]), ("run", ids[0])]
+    table = cli("history", "a", "--utc").stdout
+    assert "reset 1 -> run 1" in table or "reset 1 → run 1" in table
+    assert "10 → 20" in table or "10 -> 20" in table or "— → 20" in table
+    assert cli("reset", "a", "--to-start", "--yes").returncode == 0
+    assert cli("last-success", "a").returncode == 3
+    assert conn.execute("SELECT count(*) FROM jobs").fetchone()[0] == 2
+
+
+def test_reset_asks_on_a_terminal(cli_env, conn):
+    run_id = subprocess.run(["jobs-cli", "start", "a"], env=cli_env, capture_output=True,
+                            text=True).stdout.strip()
+    subprocess.run(["jobs-cli", "finish", run_id], env=cli_env, check=True, capture_output=True)
+    for answer, code, resets in (("n\n", 2, 0), ("y\n", 0, 1)):
+        primary, secondary = os.openpty()
+        try:
+            asked = subprocess.Popen(["jobs-cli", "reset", "a", "--to", run_id], env=cli_env,
+                                     stdin=secondary, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True)
+            os.write(primary, answer.encode())
+            _, stderr = asked.communicate(timeout=60)
+        finally:
+            os.close(secondary)
+            os.close(primary)
+        assert asked.returncode == code, stderr
+        assert "Reset? [y/N]" in stderr
+        assert conn.execute("SELECT count(*) FROM jobs_resets").fetchone()[0] == resets

@@ -139,9 +139,12 @@ def test_fail_open_runs_it_unclaimed_and_spools_its_result(make_recorder, home, 
                                                             told):
     seen = tmp_path / "env"
     recorder = make_recorder(Database(url=UNREACHABLE, home=home))
-    code = wrap(["sh", "-c", f'echo "${{JOBS_ID-unset}}" > {seen}; exit 5'],
-                RunOptions(name="w", fail_open=True), recorder)
-    assert code == 5 and seen.read_text() == "unset\n"
+    # Not gated by --after either: the job log cannot be read.
+    show = ('echo "${JOBS_ID-unset} ${JOBS_LAST_CURSOR-unset} ${JOBS_UPSTREAM_RUNS-unset}'
+            f' ${{JOBS_LOOKBACK_SECONDS-unset}}" > {seen}; exit 5')
+    code = wrap(["sh", "-c", show],
+                RunOptions(name="w", fail_open=True, after=("upstream",), lookback=60), recorder)
+    assert code == 5 and seen.read_text() == "unset unset unset unset\n"
     assert "running 'w' anyway (--fail-open)" in told[0]
     assert "the --fail-open run of 'w' not recorded" in told[-1]
     assert len(spool.pending(home)) == 1

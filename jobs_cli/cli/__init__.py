@@ -2,10 +2,10 @@
 
 Commands live in modules by concern: `recording` (start, finish, fail,
 last-success, report), `run` (run, reap, flush), `views` (list, show,
-status, check, metrics, watch) and `admin` (init, server). `common` holds the
-error boundary (`JobsGroup.invoke`) where every library error becomes one line
-on stderr and an exit code, and what the commands share. `main` handles
-click's own errors the same way.
+status, check, metrics, watch), `watermarks` (history, reset) and `admin`
+(init, server). `common` holds the error boundary (`JobsGroup.invoke`) where
+every library error becomes one line on stderr and an exit code, and what the
+commands share. `main` handles click's own errors the same way.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import click
 
 from .. import config
 from ..errors import EXIT_INTERRUPTED
-from . import admin, recording, run, views
+from . import admin, recording, run, views, watermarks
 from .common import JobsGroup
 
 
@@ -48,7 +48,7 @@ def cli(ctx: click.Context, database_url: str | None, schema: str) -> None:
 for command in (admin.init, admin.completion, recording.start, recording.finish, recording.fail,
                 recording.last_success, recording.report, run.run, run.reap, run.flush,
                 views.list_command, views.show, views.status_command, views.check,
-                views.metrics, views.watch, admin.server):
+                views.metrics, views.watch, watermarks.history, watermarks.reset, admin.server):
     cli.add_command(command)
 
 
