@@ -362,6 +362,12 @@ def print_run(run: RunView, utc: bool) -> None:
         ("host", value(run.host)), ("pid", value(run.pid)), ("user", value(run.username)),
         ("heartbeat", value(moment(run.heartbeat_at, utc))),
         ("lease until", value(moment(run.lease_until, utc))),
+        # What `run` handed the command (the watermark, the cursor, the upstream
+        # runs), and the cursor it left.
+        ("watermark", value(moment(run.since_handed, utc))),
+        ("cursor in", value(run.cursor_handed)),
+        ("upstream", value(" ".join(map(str, run.upstream_handed or [])))),
+        ("cursor out", value(run.cursor)),
     ):
         grid.add_row(label, shown)
     write_out(console, grid)

@@ -105,10 +105,11 @@ def test_stored_control_characters_cannot_drive_the_terminal(capsys, terminal):
 
 def test_show_prints_every_field(capsys):
     render.print_run(run_view(command="sync.sh --full", host="etl1", pid=99, exit_code=0,
-                              output="tail line 1\ntail line 2\n"), utc=True)
+                              output="tail line 1\ntail line 2\n", cursor="c42",
+                              cursor_handed="c41", upstream_handed=[7, 9]), utc=True)
     out = capsys.readouterr().out
     for text in ("orders_sync", "sync.sh --full", "etl1", "99", "1m", "2024-05-01 11:51:00Z",
-                 "output (tail):\ntail line 1\ntail line 2"):
+                 "output (tail):\ntail line 1\ntail line 2", "c42", "c41", "7 9"):
         assert text in out
 
 
