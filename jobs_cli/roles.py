@@ -49,6 +49,8 @@ GRANTS: tuple[Grant, ...] = (
     Grant("jobs_cli_migrations", writer=READ),
     # Kept by SECURITY DEFINER triggers: the writer's runs update it without a grant.
     Grant("jobs_summary", writer=READ),
+    # `jobs-cli reset` adds a row; none is ever changed.
+    Grant("jobs_resets", writer=("SELECT", "INSERT")),
 )
 
 _EXISTING_ROLES = "SELECT rolname FROM pg_roles WHERE rolname = ANY(%s)"

@@ -69,8 +69,12 @@ def test_every_command_works_for_a_writer(cli, conn, login_role):
     ok("status", code=0)
     ok("check", "a", "--max-age", "1h")
     ok("metrics")
+    ok("run", "--name", "e", "--after", "a", "--lookback", "1m", "--", "true")
+    ok("last-success", "e", "--cursor", code=3)
+    ok("reset", "a", "--to", "1", "--yes")
+    ok("history", "a")
     assert conn.execute("SELECT name, status FROM jobs ORDER BY id").fetchall() == [
-        ("a", "success"), ("b", "error"), ("c", "success"), ("d", "error")]
+        ("a", "success"), ("b", "error"), ("c", "success"), ("d", "error"), ("e", "success")]
 
 
 def test_a_writer_cannot_erase_or_change_the_schema(conn, login_role):
