@@ -92,15 +92,17 @@ def test_a_reader_sees_everything_and_writes_nothing(cli, conn, login_role):
     assert cli("start", "a").returncode == 0
     reader = login_role(READER)
     env = {"JOBS_DATABASE_URL": reader}
-    for args in (("list",), ("show", "1"), ("status",), ("metrics",), ("last-success", "a", "--default", "0"),
-                 ("check", "a", "--max-age", "1h")):
+    for args in (("list",), ("show", "1"), ("status",), ("metrics",), ("history", "a"),
+                 ("last-success", "a", "--default", "0"), ("check", "a", "--max-age", "1h")):
         result = cli(*args, env=env)
         assert result.returncode in (0, 2) and result.stderr == "", (args, result.stderr)
     role = psycopg.conninfo.conninfo_to_dict(reader)["user"]
-    for args in (("start", "b"), ("finish", "1"), ("reap", "--older-than", "1ms")):
+    for args, table in ((("start", "b"), "jobs"), (("finish", "1"), "jobs"),
+                        (("reap", "--older-than", "1ms"), "jobs"),
+                        (("reset", "a", "--to-start", "--yes"), "jobs_resets")):
         result = cli(*args, env=env)
         assert result.returncode == 1
-        assert result.stderr == (f"jobs-cli: permission denied for table jobs (role {role!r} "
+        assert result.stderr == (f"jobs-cli: permission denied for table {table} (role {role!r} "
                                  f"lacks it: members of {WRITER} may record runs, members of "
                                  f"{READER} only read them)\n")
     refused = cli("run", "--name", "b", "--", "true", env=env)
