@@ -10,6 +10,7 @@ commands share. `main` handles click's own errors the same way.
 
 from __future__ import annotations
 
+import os
 import sys
 
 import click
@@ -20,7 +21,23 @@ from . import admin, recording, run, views, watermarks
 from .common import JobsGroup
 
 
-@click.group(cls=JobsGroup, context_settings={"help_option_names": ["-h", "--help"]})
+def help_width() -> int:
+    """The width click's help formatter would choose, worked out without the shutil
+    import it costs (~2 ms, 6% of `import click`) on every `--help`."""
+    try:
+        columns = int(os.environ.get("COLUMNS", "0"))
+    except ValueError:
+        columns = 0
+    if columns <= 0:
+        try:
+            columns = os.get_terminal_size(sys.__stdout__.fileno()).columns
+        except (AttributeError, ValueError, OSError):
+            columns = 0
+    return max(min(columns or 80, 80) - 2, 50)
+
+
+@click.group(cls=JobsGroup, context_settings={"help_option_names": ["-h", "--help"],
+                                              "terminal_width": help_width()})
 @click.option("--database-url", envvar=config.ENV_DATABASE_URL, metavar="URL",
               help="libpq URI or key=value string [env JOBS_DATABASE_URL]. "
                    "Default: the embedded server under JOBS_HOME.")
