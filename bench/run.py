@@ -54,7 +54,7 @@ MIB = 1024**2
 @dataclass(frozen=True)
 class Sizes:
     runs: int = 10  # timed runs per command figure
-    db_runs: int = 15  # EXPLAIN ANALYZE runs per statement
+    db_runs: int = 31  # EXPLAIN ANALYZE runs per statement
     fresh_runs: int = 5  # fresh clusters created, per side
     large_rows: int = 10_000_000
     small_rows: int = 10_000

@@ -98,8 +98,32 @@ def describe(conninfo: str) -> str:
 
 @contextmanager
 def connect(database: Database) -> Iterator["psycopg.Connection"]:
+    if database.embedded:
+        _head_start(database)
     with translated_errors(database), open_connection(database) as conn:
         yield conn
+
+
+def _head_start(database: Database) -> None:
+    """Start the embedded server (creating its cluster on first use: a second or
+    more) in a thread while this one imports psycopg (~0.1 s of a short command).
+
+    `_connect_embedded` then waits for it on the server lock. Whatever goes wrong
+    in the thread, the same call in `_connect_embedded` meets again and reports.
+    """
+    from .server import EmbeddedServer
+
+    server = EmbeddedServer(database.home)
+    if server.conninfo() is None:
+        import threading
+
+        def start() -> None:
+            try:
+                server.ensure_running()
+            except Exception:
+                pass  # reported by the caller's own ensure_running
+
+        threading.Thread(target=start, name="jobs-cli server start").start()
 
 
 def open_connection(database: Database, **options: object) -> "psycopg.Connection":

@@ -172,6 +172,7 @@ LEFT JOIN LATERAL (
             FROM unnest(summary.recent_ids, summary.recent_statuses, summary.recent_starts,
                         summary.recent_ends)
                  WITH ORDINALITY AS run(id, status, start_date, end_date, position)
+            OFFSET 0  -- kept apart, so each lease is read once, not once per use
         ) run
     ) newest
     WHERE summary.recent_statuses @> '{{in_progress}}'
