@@ -504,7 +504,7 @@ def watch(snapshots: Iterable[Snapshot], utc: bool) -> None:
                                    title=title), refresh=True)
 
 
-def print_history(entries: list["HistoryEntry"], utc: bool) -> None:
+def print_history(entries: list["HistoryEntry"], utc: bool, empty: str) -> None:
     """A job's successful runs and resets, newest first: the window each run loaded."""
     console = make_console()
     arrow = "→" if unicode_ok(console) else "->"
@@ -536,4 +536,4 @@ def print_history(entries: list["HistoryEntry"], utc: bool) -> None:
                else str(entry.records_processed), right=True, drop_rank=1),
         Column("by", lambda entry: cell(entry.made_by), drop_rank=1),
     ]
-    write_out(console, fitted_table(console, columns, [entries]))
+    write_table(console, fitted_table(console, columns, [entries]), empty)

@@ -396,3 +396,10 @@ def test_reset_asks_on_a_terminal(cli_env, conn):
         assert asked.returncode == code, stderr
         assert "Reset? [y/N]" in stderr
         assert conn.execute("SELECT count(*) FROM jobs_resets").fetchone()[0] == resets
+
+
+def test_history_of_a_job_without_successes(cli):
+    empty = cli("history", "never")
+    # A bare header line in a pipe, as the other tables.
+    assert (empty.returncode, empty.stdout.count("\n")) == (0, 1) and "loaded" in empty.stdout
+    assert cli("history", "never", "--json").stdout == "[]\n"

@@ -85,4 +85,4 @@ def history(ctx: click.Context, name: str, limit: int, as_json: bool, utc: bool)
     if as_json:
         emit_json([entry.as_dict() for entry in entries])
     else:
-        print_history(entries, utc)
+        print_history(entries, utc, f"{name!r} has no successful run yet")
