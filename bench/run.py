@@ -264,9 +264,8 @@ def statements() -> dict[str, list[tuple[str, dict | list[dict]]]]:
     return {
         "status": [(summaries, summary_params)],
         "metrics": [(summaries, summary_params), (monitor.ENDED_COUNTS, {})],
-        "last-success": [(runs.LAST_START_BY_STATUS, [{"name": f"job_{number:04d}",
-                                                       "status": "success"}
-                                                      for number in range(0, 40, 3)])],
+        "last-success": [(runs.NEXT_WATERMARK, [{"name": f"job_{number:04d}", "lookback": 0}
+                                                for number in range(0, 40, 3)])],
         "list": listing[:1],
         "list (filters)": listing[1:],
         "check": [(checked, check_params)],
@@ -326,7 +325,7 @@ import click
 import psycopg
 
 with psycopg.connect(sys.argv[1], autocommit=True) as conn:
-    row = conn.execute(sys.argv[2], {"name": sys.argv[3], "status": "success"}).fetchone()
+    row = conn.execute(sys.argv[2], {"name": sys.argv[3], "lookback": 0}).fetchone()
 print(row[0] if row else 0)
 """
 
@@ -350,13 +349,14 @@ params = {"run_key": key, "name": sys.argv[3], "source": "", "destination": "",
           "command": " ".join(sys.argv[4:]), "host": socket.gethostname(), "pid": os.getpid(),
           "username": "bench", "lease_seconds": 90.0, "allow_overlap": False,
           "lock_key": "x", "older_than": None, "unsupervised_reason": None,
+          "lookback": 0, "after": None,
           "status": "success", "note": None, "elapsed": 0.1, "exit_code": 0,
           "headline": "exit code 0"}
 with psycopg.connect(conninfo, autocommit=True) as conn:
     conn.prepare_threshold = None
     with conn.pipeline(), conn.transaction():
         cursors = [conn.execute(text, params) for text in statements["claim"]]
-    params["start_date"] = cursors[3].fetchone()[3]  # RETURNING id, name, status, start_date, ...
+    params["start_date"] = cursors[4].fetchone()[3]  # the run: id, name, status, start_date, ...
     began = time.monotonic()
     child = subprocess.run(sys.argv[4:], stderr=subprocess.PIPE)
     params["elapsed"] = time.monotonic() - began
@@ -374,7 +374,7 @@ def run_statements(conn: psycopg.Connection, schema: str) -> dict[str, list[str]
         return runs.statement(template, schema).as_string(conn)
 
     return {"claim": [runs.CLAIM_LOCK, text(runs.REAP_RUNS), text(runs.LIVE_RUN),
-                      text(runs.CLAIM_RUN), text(runs.LAST_START_BY_STATUS)],
+                      text(runs.CLAIM_RUN), text(runs.RUN_BY_KEY)],
             "result": [text(runs.INSERT_MISSING_RUN), text(runs.RECORD_RESULT)]}
 
 
@@ -386,7 +386,7 @@ def command_rows(report: Report, timer: Timer, conninfo: str, conn: psycopg.Conn
                  scripts: Path, sizes: Sizes) -> None:
     (scripts / "last_success.py").write_text(BASELINE_LAST_SUCCESS)
     (scripts / "run.py").write_text(BASELINE_RUN)
-    last_sql = runs.statement(runs.LAST_START_BY_STATUS, "public").as_string(conn)
+    last_sql = runs.statement(runs.NEXT_WATERMARK, "public").as_string(conn)
     cli = [JOBS_CLI, "last-success", NAME]
 
     print("one-shot commands:", file=sys.stderr)
@@ -417,7 +417,7 @@ def command_rows(report: Report, timer: Timer, conninfo: str, conn: psycopg.Conn
     psql = shutil.which("psql")
     if psql:
         found = timer.medians({"cli": cli, "psql": [psql, conninfo, "-tAc", last_sql.replace(
-            "%(name)s", f"'{NAME}'").replace("%(status)s", "'success'")]})
+            "%(name)s", f"'{NAME}'").replace("%(lookback)s", "0")]})
         report.add("for information: `jobs-cli last-success`", f"`psql -tAc` ({ms(found['psql'])})",
                    ms(found["cli"]), found["cli"] / found["psql"], "report", None)
 
