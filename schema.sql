@@ -50,6 +50,14 @@ ALTER TABLE jobs ADD COLUMN IF NOT EXISTS lease_until  timestamptz;
 -- never got an id) inserts it once however often the replay is repeated.
 ALTER TABLE jobs ADD COLUMN IF NOT EXISTS run_key      text;
 CREATE UNIQUE INDEX IF NOT EXISTS jobs_run_key ON jobs (run_key) WHERE run_key IS NOT NULL;
+-- Who keeps a supervised run, so that on its own host a live wrapper is never
+-- reaped and a dead one is reaped at once (see jobs_cli/fencing.py): the
+-- kernel's boot id, the wrapper's start time (clock ticks since boot; with host
+-- and pid it names one process), and the process group of its command.
+-- Before jobs_latest, whose columns are fixed when it is created.
+ALTER TABLE jobs ADD COLUMN IF NOT EXISTS boot_id         text;
+ALTER TABLE jobs ADD COLUMN IF NOT EXISTS wrapper_started bigint;
+ALTER TABLE jobs ADD COLUMN IF NOT EXISTS pgid            integer;
 
 -- Incremental loads (see README); before jobs_latest, whose * is expanded
 -- when the view is created. What `jobs-cli run` handed its command:

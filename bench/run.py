@@ -349,14 +349,14 @@ params = {"run_key": key, "name": sys.argv[3], "source": "", "destination": "",
           "command": " ".join(sys.argv[4:]), "host": socket.gethostname(), "pid": os.getpid(),
           "username": "bench", "lease_seconds": 90.0, "allow_overlap": False,
           "lock_key": "x", "older_than": None, "unsupervised_reason": None,
-          "lookback": 0, "after": None,
           "status": "success", "note": None, "elapsed": 0.1, "exit_code": 0,
-          "headline": "exit code 0"}
+          "headline": "exit code 0", "boot_id": None, "wrapper_started": None, "pgid": None,
+          "alive_here": [], "dead_here": [], "lookback": 0.0, "after": None}
 with psycopg.connect(conninfo, autocommit=True) as conn:
     conn.prepare_threshold = None
     with conn.pipeline(), conn.transaction():
         cursors = [conn.execute(text, params) for text in statements["claim"]]
-    params["start_date"] = cursors[4].fetchone()[3]  # the run: id, name, status, start_date, ...
+    params["start_date"] = cursors[5].fetchone()[3]  # the run: id, name, status, start_date, ...
     began = time.monotonic()
     child = subprocess.run(sys.argv[4:], stderr=subprocess.PIPE)
     params["elapsed"] = time.monotonic() - began
@@ -373,8 +373,8 @@ def run_statements(conn: psycopg.Connection, schema: str) -> dict[str, list[str]
     def text(template: str) -> str:
         return runs.statement(template, schema).as_string(conn)
 
-    return {"claim": [runs.CLAIM_LOCK, text(runs.REAP_RUNS), text(runs.LIVE_RUN),
-                      text(runs.CLAIM_RUN), text(runs.RUN_BY_KEY)],
+    return {"claim": [runs.CLAIM_LOCK, text(runs.HELD_HERE), text(runs.REAP_RUNS),
+                      text(runs.LIVE_RUN), text(runs.CLAIM_RUN), text(runs.RUN_BY_KEY)],
             "result": [text(runs.INSERT_MISSING_RUN), text(runs.RECORD_RESULT)]}
 
 

@@ -16,6 +16,9 @@ EXIT_INTERRUPTED = 130  # Ctrl-C, as a shell reports it
 EXIT_UNAVAILABLE = 69
 EXIT_IOERR = 74
 EXIT_TEMPFAIL = 75
+# `run`: the run stopped being this wrapper's while its command ran (sysexits'
+# EX_NOPERM: the wrapper lost the right to run it); see `supervise`, Fencing.
+EXIT_FENCED = 77
 
 
 class JobsError(Exception):
@@ -91,3 +94,10 @@ class SpoolError(JobsError):
     """A result the database would not take could not be spooled either."""
 
     exit_code = EXIT_IOERR
+
+
+class Fenced(JobsError):
+    """`run`: the run was ended by someone else (reaped, failed by hand) while its
+    command ran; the command was stopped and nothing recorded over that decision."""
+
+    exit_code = EXIT_FENCED

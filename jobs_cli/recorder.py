@@ -27,11 +27,29 @@ Liveness and overlap: a lease, renewed by heartbeats
     wrapper was last heard from. The price is a bounded delay: a dead run
     blocks the name for up to 3 intervals.
 
-    A wrapper whose heartbeats cannot reach the database for 3 intervals may
-    be reaped while its command still runs; its final result then overrules
-    the "abandoned" verdict (see runs.RECORD_RESULT), so the record ends true:
-    the real status, exit code and end, and a message such as "exit code 0;
-    recorded after being marked abandoned: no heartbeat since …".
+    On the wrapper's own host its liveness is known better than by a lease:
+    see `fencing` (a live wrapper is never reaped, a dead one at once) and
+    `watchdog` (its command dies with it).
+
+    A heartbeat that finds its run ended by someone else (reaped from another
+    host while this one could not reach the database, failed by hand) raises
+    supervise.Fence: the wrapper stops its command and records nothing over
+    that decision (errors.Fenced). A command that ended before any heartbeat
+    could tell has its result recorded even so: it overrules an "abandoned"
+    verdict (see runs.RECORD_RESULT), so the record ends true — the real
+    status, exit code and end, and a message such as "exit code 0; recorded
+    after being marked abandoned: no heartbeat since …".
+
+    A heartbeat is bounded by its interval, so it ends before the lease it
+    renews (3 intervals) runs out: statement and lock timeouts of half an
+    interval (at least MIN_HEARTBEAT_STATEMENT_TIMEOUT; SET LOCAL, inside its
+    transaction, as PgBouncer needs), and a reconnect's connect_timeout of the
+    interval in whole seconds, at least libpq's 2 and at most 10: a statement on
+    the old connection, a reconnect and the statement again take at most 2
+    intervals, so an attempt started one interval after the last renewal has
+    ended by the time the lease would, even against a server that hangs.
+    Below 2 seconds only libpq's 2-second floor can stretch a reconnect to a
+    hanging server past that; a server that is down fails it at once.
 
 One connection
     The claim, the heartbeats and the result share one connection, opened at
@@ -67,8 +85,8 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 from . import runs, spool
 from .db import Database, conninfo_params, open_connection, translated_errors, where
 from .durations import format_duration
-from .errors import DatabaseError, DatabaseUnavailable, JobsError, Refused, SpoolError
-from .supervise import FORWARDED_SIGNALS
+from .errors import DatabaseError, DatabaseUnavailable, JobsError, SpoolError
+from .supervise import FORWARDED_SIGNALS, Fence
 
 if TYPE_CHECKING:
     import psycopg
@@ -78,12 +96,16 @@ if TYPE_CHECKING:
 logging.getLogger("psycopg").addHandler(logging.NullHandler())
 
 SPOOL_FORMAT = 1
+# A lease outlives this many missed heartbeats: a run is dead within 3 intervals.
+LEASE_HEARTBEATS = 3
 FIRST_RETRY_DELAY = 0.25
 MAX_RETRY_DELAY = 8.0
-# supervise() waits for a heartbeat in progress before it returns, so a wedged
-# database must not hold one up for long (a reconnect is bounded by libpq's
-# connect_timeout).
-HEARTBEAT_STATEMENT_TIMEOUT = 5.0
+# libpq's smallest connect_timeout (1 counts as 2), and what a heartbeat's reconnect
+# may take at most however long the interval.
+MIN_CONNECT_TIMEOUT = 2
+MAX_HEARTBEAT_CONNECT_TIMEOUT = 10
+# Below this a busy server would fail heartbeats of sub-second intervals for nothing.
+MIN_HEARTBEAT_STATEMENT_TIMEOUT = 0.5
 # Bounds a write the server never acknowledges (a vanished host, over TCP).
 TCP_USER_TIMEOUT_MS = 15000
 
@@ -108,6 +130,8 @@ class Recorder:
         self._conn: psycopg.Connection | None = None
         self._run: runs.Run | None = None
         self._lease_seconds = 0.0
+        self.ended_by_other: runs.Run | None = None  # what a heartbeat found instead
+        self.lease_renewed_at = 0.0  # time.monotonic() when the claim was sent
 
     # -- before the command -----------------------------------------------------
 
@@ -122,6 +146,8 @@ class Recorder:
             self._connection()  # first: an unreachable database is not a spool problem
         self._replay_on_the_way()
         with translated_errors(self.database):
+            # Before the statements: the lease starts later, by the server's clock.
+            self.lease_renewed_at = time.monotonic()
             claim = runs.claim_run(self._connection(), self.database.schema, invocation,
                                    lease_seconds=lease_seconds, allow_overlap=allow_overlap,
                                    lookback=lookback, after=after)
@@ -136,16 +162,24 @@ class Recorder:
     def heartbeat(self) -> None:
         """Renew the claimed run's lease; called from supervise()'s heartbeat thread.
 
-        Bounded in time, and reconnects when the connection broke (a restarted server).
+        Bounded by the interval (see above), and reconnects when the connection broke
+        (a restarted server). Raises supervise.Fence when someone else ended the run.
         """
         assert self._run is not None, "heartbeat before a claim"
-        run_id = self._run.id
+        run_id, schema = self._run.id, self.database.schema
+        interval = self._lease_seconds / LEASE_HEARTBEATS
+        connect_timeout = max(MIN_CONNECT_TIMEOUT,
+                              min(MAX_HEARTBEAT_CONNECT_TIMEOUT, int(interval)))
         with translated_errors(self.database):
             alive = self._on_connection(lambda conn: runs.heartbeat(
-                conn, self.database.schema, run_id, lease_seconds=self._lease_seconds,
-                timeout=HEARTBEAT_STATEMENT_TIMEOUT))
-        if not alive:
-            raise Refused(f"run {self._run.id} is no longer in progress: someone ended it")
+                conn, schema, run_id, lease_seconds=self._lease_seconds,
+                timeout=max(MIN_HEARTBEAT_STATEMENT_TIMEOUT, interval / 2)),
+                connect_timeout=connect_timeout)
+            if alive:
+                return
+            self.ended_by_other = runs.fetch_run(self._connection(), runs.SELECT_RUN, schema,
+                                                 {"id": run_id})
+        raise Fence(f"run {run_id} is no longer in progress: someone else ended it")
 
     # -- after it ended -----------------------------------------------------------
 
@@ -227,13 +261,16 @@ class Recorder:
 
     # -- internals ----------------------------------------------------------------
 
-    def _connection(self) -> "psycopg.Connection":
+    def _connection(self, **options: object) -> "psycopg.Connection":
+        """The connection, opened anew if it broke; `options` are libpq parameters."""
         if self._conn is None or self._conn.closed or self._conn.broken:
             self.close()
-            self._conn = open_connection(self.database, tcp_user_timeout=TCP_USER_TIMEOUT_MS)
+            self._conn = open_connection(self.database, tcp_user_timeout=TCP_USER_TIMEOUT_MS,
+                                         **options)
         return self._conn
 
-    def _on_connection(self, operation: Callable[["psycopg.Connection"], Any]) -> Any:
+    def _on_connection(self, operation: Callable[["psycopg.Connection"], Any],
+                       **options: object) -> Any:
         """`operation(conn)`, again on a new connection if the old one turned out dead.
 
         An idle connection dies unnoticed (server restart, idle timeout) until it
@@ -241,13 +278,13 @@ class Recorder:
         """
         import psycopg
 
-        conn = self._connection()
+        conn = self._connection(**options)
         try:
             return operation(conn)
         except psycopg.OperationalError:
             if not conn.broken:
                 raise
-        return operation(self._connection())
+        return operation(self._connection(**options))
 
     def _replay_on_the_way(self) -> None:
         """Replay before a claim: a failure here is worth a warning, not a skipped run."""

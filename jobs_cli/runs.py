@@ -82,6 +82,18 @@ LIVENESS = {
     RUNNING: "status = 'in_progress' AND lease_until IS NULL",
 }
 
+# The same rule where the caller has judged the runs of its own host (see
+# `fencing`): the ids in %(alive_here)s are live and those in %(dead_here)s dead,
+# whatever their lease says. For the statements that claim and reap.
+FENCED_LIVENESS = {
+    "live_here": "status = 'in_progress' AND lease_until IS NOT NULL"
+                 " AND ((lease_until > now() AND id <> ALL(%(dead_here)s::integer[]))"
+                 "      OR id = ANY(%(alive_here)s::integer[]))",
+    "dead_here": "status = 'in_progress' AND lease_until IS NOT NULL"
+                 " AND ((lease_until <= now() AND id <> ALL(%(alive_here)s::integer[]))"
+                 "      OR id = ANY(%(dead_here)s::integer[]))",
+}
+
 INSERT_RUN = """
 INSERT INTO {table} (name, status, start_date, source, destination, records_processed, message)
 VALUES (%(name)s, 'in_progress', now(), %(source)s, %(destination)s, 0, %(message)s)
@@ -164,7 +176,8 @@ def statement(template: str, schema: str) -> "sql.Composed":
         summary=sql.Identifier(schema, "jobs_summary"),
         resets=sql.Identifier(schema, "jobs_resets"),
         columns=sql.SQL(", ").join(sql.Identifier(name) for name in RUN_COLUMNS),
-        **{state: sql.SQL(f"({condition})") for state, condition in LIVENESS.items()},
+        **{state: sql.SQL(f"({condition})")
+           for state, condition in (*LIVENESS.items(), *FENCED_LIVENESS.items())},
     )
 
 
@@ -360,6 +373,10 @@ class Invocation:
     host: str
     pid: int  # the wrapper's: the process whose heartbeats keep the lease
     username: str
+    # Who keeps the run, for `fencing`; None when unknown (and in older spool entries).
+    boot_id: str | None = None
+    wrapper_started: int | None = None
+    pgid: int | None = None
 
 
 @dataclass(frozen=True)
@@ -399,9 +416,16 @@ class RunResult:
 # through PgBouncer in transaction mode, where session-level locks are not.
 CLAIM_LOCK = "SELECT pg_advisory_xact_lock(hashtextextended(%(lock_key)s, 0))"
 
+# The supervised runs in progress on a host (of one name, or of all), for `fencing`.
+HELD_HERE = """
+SELECT id, host, boot_id, pid, wrapper_started, pgid FROM {table}
+WHERE status = 'in_progress' AND lease_until IS NOT NULL AND host = %(host)s
+  AND (%(name)s::text IS NULL OR name = %(name)s)
+"""
+
 LIVE_RUN = """
 SELECT {columns} FROM {table}
-WHERE name = %(name)s AND {live}
+WHERE name = %(name)s AND {live_here}
 ORDER BY start_date, id
 LIMIT 1
 """
@@ -427,13 +451,15 @@ upstream AS (
 claimed AS (
     INSERT INTO {{table}} (name, status, start_date, source, destination, host, pid, username,
                          command, heartbeat_at, lease_until, run_key, since_handed,
-                         cursor_handed, upstream_handed)
+                         cursor_handed, upstream_handed, boot_id, wrapper_started, pgid)
     SELECT %(name)s, 'in_progress', now(), %(source)s, %(destination)s, %(host)s, %(pid)s,
            %(username)s, %(command)s, now(), now() + make_interval(secs => %(lease_seconds)s),
            %(run_key)s, to_timestamp({HANDED_SECONDS}), state.cursor,
-           (SELECT array_agg(run_id ORDER BY ord) FROM upstream)
+           (SELECT array_agg(run_id ORDER BY ord) FROM upstream), %(boot_id)s,
+           %(wrapper_started)s, %(pgid)s
     FROM state
-    WHERE (%(allow_overlap)s OR NOT EXISTS (SELECT FROM {{table}} WHERE name = %(name)s AND {{live}}))
+    WHERE (%(allow_overlap)s
+           OR NOT EXISTS (SELECT FROM {{table}} WHERE name = %(name)s AND {{live_here}}))
       AND NOT EXISTS (SELECT FROM upstream WHERE run_id IS NULL)
     RETURNING id
 )
@@ -458,9 +484,9 @@ WHERE id = %(id)s AND status = 'in_progress'
 RETURNING {columns}
 """
 
-# Dead supervised runs (lease run out) and, given an age, unsupervised runs
-# (no lease: `jobs-cli start`) older than that. A reported message is kept
-# after the reason.
+# Dead supervised runs (lease run out, or wrapper known dead on this host) and,
+# given an age, unsupervised runs (no lease: `jobs-cli start`) older than that.
+# A reported message is kept after the reason.
 REAP_RUNS = """
 UPDATE {table}
 SET status = 'error',
@@ -474,7 +500,7 @@ SET status = 'error',
                          'its start')
              || coalesce(' from pid ' || pid || ' on ' || host, '')
         END, message)
-WHERE ({dead}
+WHERE ({dead_here}
        OR ({running} AND start_date <= now() - make_interval(secs => %(older_than)s::float8)))
   AND (%(name)s::text IS NULL OR name = %(name)s)
 RETURNING {columns}
@@ -527,9 +553,9 @@ RUN_BY_KEY = "SELECT {columns} FROM {table} WHERE run_key = %(run_key)s"
 def claim_run(conn: "psycopg.Connection", schema: str, invocation: Invocation, *,
               lease_seconds: float, allow_overlap: bool, lookback: float = 0,
               after: Sequence[str] = ()) -> Claim:
-    """In one transaction and one round trip: reap the name's dead runs, insert the run
-    unless another is live (or overlap is allowed) or an upstream job in `after` has
-    no new success, with the watermark it is handed (the last success's start less
+    """In one transaction and two round trips: judge the name's runs on this host
+    (see `fencing`), reap the name's dead runs, insert the run unless another is
+    live (or overlap is allowed) or an upstream job in `after` has no new success, with the watermark it is handed (the last success's start less
     `lookback` seconds), its cursor and the upstream runs it consumes."""
     # One set of parameters for every statement: only dead supervised runs are reaped.
     params = {**vars(invocation), "lease_seconds": lease_seconds,
@@ -537,8 +563,12 @@ def claim_run(conn: "psycopg.Connection", schema: str, invocation: Invocation, *
               "older_than": None, "unsupervised_reason": None,
               "lookback": validate_lookback(lookback),
               "after": validate_upstream(invocation.name, after) or None}
-    with conn.pipeline(), conn.transaction():
+    with conn.pipeline() as pipeline, conn.transaction():
         conn.execute(CLAIM_LOCK, params)
+        # Judged under the lock: no claim of the name can come between.
+        held = conn.execute(statement(HELD_HERE, schema), params)
+        pipeline.sync()
+        params.update(judge_here(held.fetchall(), invocation.host))
         reaped = _run_cursor(conn, REAP_RUNS, schema, params)
         live = _run_cursor(conn, LIVE_RUN, schema, params)
         claimed = conn.execute(statement(CLAIM_RUN, schema), params)
@@ -576,15 +606,35 @@ def report_run(conn: "psycopg.Connection", schema: str, run_id: str | int, *,
 
 def reap_runs(conn: "psycopg.Connection", schema: str, *,
               unsupervised_older_than: float | None = None) -> list[Run]:
-    """Mark runs whose wrapper died, and old unsupervised ones if asked, error "abandoned: …"."""
+    """Mark runs whose wrapper died, and old unsupervised ones if asked, error "abandoned: …".
+
+    On this host a wrapper's liveness is judged from /proc (see `fencing`). A
+    wrapper judged alive that dies before the update is left for the next reap;
+    a dead one stays dead.
+    """
+    import socket
+
     from .durations import format_duration
 
     reason = None
     if unsupervised_older_than is not None:
         reason = (f"started without a wrapper (jobs-cli start) and still in progress after "
                   f"more than {format_duration(unsupervised_older_than)}")
-    params = {"older_than": unsupervised_older_than, "unsupervised_reason": reason, "name": None}
+    host = socket.gethostname()
+    params = {"older_than": unsupervised_older_than, "unsupervised_reason": reason,
+              "name": None, "host": host}
+    held = conn.execute(statement(HELD_HERE, schema), params).fetchall()
+    params.update(judge_here(held, host))
     return _run_cursor(conn, REAP_RUNS, schema, params).fetchall()
+
+
+def judge_here(held: list[tuple], host: str) -> dict[str, list[int]]:
+    """The ids of HELD_HERE's rows whose wrapper is known alive, and known dead."""
+    from .fencing import ALIVE, DEAD, Holder, verdict
+
+    verdicts = {run_id: verdict(Holder(*holder), host) for run_id, *holder in held}
+    return {"alive_here": [run_id for run_id, said in verdicts.items() if said == ALIVE],
+            "dead_here": [run_id for run_id, said in verdicts.items() if said == DEAD]}
 
 
 def record_result(conn: "psycopg.Connection", schema: str, result: RunResult) -> Run | None:

@@ -30,6 +30,9 @@ Output
 
 Process group
     The child runs in a process group of its own, and signals go to the whole group.
+    The group is led by a watchdog (see `watchdog`) that kills it should the
+    wrapper die without ending it: not even kill -9 of the wrapper leaves the
+    command running unsupervised.
     A timeout has to end the whole tree: in `sh -c 'a | b'`, killing sh alone would
     leave a and b running and holding the pipes. And Ctrl-C in a terminal signals the
     terminal's foreground group: were the child in the wrapper's group it would get
@@ -67,8 +70,19 @@ Heartbeat
     wrapper waits for a call in progress before returning: the callback and the
     caller never use a connection at the same time.
     So `heartbeat` should bound its own time (connect_timeout, statement_timeout). A
-    failing heartbeat never stops the run: it prints one line on stderr per streak of
-    failures.
+    failing heartbeat does not stop the run by itself: it prints one line on stderr
+    per streak of failures. Calls start every `heartbeat_interval` seconds (a slow
+    one is followed at once by the next).
+
+Fencing
+    A heartbeat that raises `Fence` (the run is no longer this wrapper's: someone
+    ended it) stops the command: SIGTERM to the group, SIGKILL `kill_after` later;
+    the outcome is `fenced`, exit code EXIT_FENCED. With `renew_within`, the command
+    must also be gone within that many seconds of the start of the last heartbeat
+    that succeeded (or of `renewed_at`): SIGTERM comes `kill_after` before that
+    moment, but at most a quarter of `renew_within` (so that a healthy run, renewed
+    every interval, is never stopped), SIGKILL at it. The caller derives it from its
+    lease, so that the command is gone before the lease runs out.
 
 Starting
     subprocess.Popen reports a failed exec in the child as an OSError in the parent,
@@ -76,9 +90,7 @@ Starting
     found, 126 for one that cannot be executed (a script whose #! interpreter is
     missing included, although exec calls that "not found" too).
 
-If the wrapper itself is SIGKILLed, the child runs on unsupervised; the run's
-heartbeat going stale is how that shows. supervise() handles signals, so it must be
-called from the main thread.
+supervise() handles signals, so it must be called from the main thread.
 """
 
 from __future__ import annotations
@@ -99,8 +111,10 @@ from typing import IO, Callable, Mapping, Sequence
 
 from . import config
 from .durations import format_duration
+from .errors import EXIT_FENCED
 from .ringbuffer import RingBuffer
 from .text import error_line
+from .watchdog import Watchdog, join_group
 
 EXIT_TIMED_OUT = 124
 EXIT_CANNOT_EXECUTE = 126
@@ -116,12 +130,12 @@ _PIPE_SIZE = 1024 * 1024
 # background grandchild that keeps writing can use it all.
 _DRAIN_LIMIT = 1.0
 
-# Popen learnt process_group in 3.11; preexec_fn does the same on 3.10, at the cost of
-# a plain fork instead of vfork.
-if sys.version_info >= (3, 11):
-    _OWN_PROCESS_GROUP: dict = {"process_group": 0}
-else:
-    _OWN_PROCESS_GROUP = {"preexec_fn": os.setpgrp}
+# Written to the wake-up pipe by the heartbeat thread: news for the main loop.
+_HEARTBEAT_NEWS = b"\0"
+
+
+class Fence(Exception):
+    """Raised by a heartbeat: the run is no longer the wrapper's, stop the command."""
 
 
 @dataclass(frozen=True)
@@ -131,6 +145,7 @@ class Outcome:
     exit_code: int  # what the wrapper should exit with
     description: str  # "exit code 3", "killed by SIGKILL", "timed out after 1m30s", ...
     tail: bytes  # last bytes of stderr (and of stdout when captured)
+    fenced: bool = False  # stopped because a heartbeat raised Fence
 
     @property
     def succeeded(self) -> bool:
@@ -147,11 +162,16 @@ def supervise(
     capture_stdout: bool = False,
     heartbeat: Callable[[], None] | None = None,
     heartbeat_interval: float = config.DEFAULT_HEARTBEAT_SECONDS,
+    renew_within: float | None = None,
+    renewed_at: float | None = None,
+    watchdog: Watchdog | None = None,
 ) -> Outcome:
     """Run `argv` (no shell) to its end and return how it ended. Main thread only.
 
-    `heartbeat()` is called every `heartbeat_interval` seconds while the child runs.
-    An exception in the wrapper itself (KeyboardInterrupt included) kills the child's
+    `heartbeat()` is called every `heartbeat_interval` seconds while the child runs;
+    see Fencing above for `renew_within` and `renewed_at` (time.monotonic(), default
+    now). The child joins `watchdog`'s group, or a watchdog's of its own. An
+    exception in the wrapper itself (KeyboardInterrupt included) kills the child's
     group before propagating.
     """
     if not argv:
@@ -160,25 +180,33 @@ def supervise(
         raise ValueError(f"heartbeat_interval must be positive, got {heartbeat_interval}")
     if threading.current_thread() is not threading.main_thread():
         raise RuntimeError("supervise() must run in the main thread: it handles signals")
+    if watchdog is None:
+        with Watchdog() as own:
+            return supervise(argv, env=env, timeout=timeout, kill_after=kill_after,
+                             tail_bytes=tail_bytes, capture_stdout=capture_stdout,
+                             heartbeat=heartbeat, heartbeat_interval=heartbeat_interval,
+                             renew_within=renew_within, renewed_at=renewed_at, watchdog=own)
+    renewed_at = time.monotonic() if renewed_at is None else renewed_at
     tail = RingBuffer(tail_bytes)
     _flush_python_streams()
     with _SignalWakeup() as wakeup:
         try:
             child = subprocess.Popen(
                 list(argv), env=env, stderr=subprocess.PIPE,
-                stdout=subprocess.PIPE if capture_stdout else None, **_OWN_PROCESS_GROUP)
+                stdout=subprocess.PIPE if capture_stdout else None,
+                **join_group(watchdog.pgid))
         except OSError as error:
             return _exec_failure(argv[0], error, env)
         with child:
             try:
-                run = _Run(child, tail, wakeup, timeout, kill_after)
-                beating = (_Heartbeat(heartbeat, heartbeat_interval) if heartbeat is not None
-                           else contextlib.nullcontext())
-                with beating:
+                beating = _Heartbeat(heartbeat, heartbeat_interval, renewed_at, wakeup)
+                run = _Run(child, watchdog.pgid, tail, wakeup, timeout, kill_after,
+                           beating, renew_within)
+                with beating if heartbeat is not None else contextlib.nullcontext():
                     return run.wait()
             except BaseException:
                 # Nobody would record or stop the command after this: end it now.
-                _signal_group(child.pid, signal.SIGKILL)
+                _signal_group(watchdog.pgid, signal.SIGKILL)
                 raise
 
 
@@ -214,9 +242,13 @@ class _Pipe:
 class _Run:
     """The main loop over one started child: copy output, forward signals, time out."""
 
-    def __init__(self, child: subprocess.Popen, tail: RingBuffer, wakeup: _SignalWakeup,
-                 timeout: float | None, kill_after: float) -> None:
+    def __init__(self, child: subprocess.Popen, pgid: int, tail: RingBuffer,
+                 wakeup: _SignalWakeup, timeout: float | None, kill_after: float,
+                 heartbeat: _Heartbeat, renew_within: float | None) -> None:
         self._child = child
+        self._pgid = pgid
+        self._heartbeat = heartbeat
+        self._renew_within = renew_within
         self._tail = tail
         self._wakeup = wakeup
         self._timeout = timeout
@@ -231,6 +263,9 @@ class _Run:
         self._kill_at: float | None = None
         self._interrupted_by: int | None = None
         self._timed_out_after: float | None = None
+        self._fenced = False
+        self._lease_lost_after: float | None = None
+        self._stopping = False  # SIGTERM sent for a fence or a lost lease
 
     def wait(self) -> Outcome:
         with selectors.DefaultSelector() as selector:
@@ -244,6 +279,7 @@ class _Run:
                     else:
                         self._copy(selector, key.data)
                 self._take_timeout_steps()
+                self._take_fencing_steps()
             self._drain(selector)
         return self._outcome()
 
@@ -270,28 +306,64 @@ class _Run:
     def _forward(self, signals: bytes) -> None:
         for signum in signals:
             if signum not in FORWARDED_SIGNALS:
-                continue  # SIGCHLD: the loop's poll() looks at the child
-            if self._interrupted_by is None and self._timed_out_after is None:
+                continue  # SIGCHLD: the loop's poll() looks at the child; 0: heartbeat news
+            if not self._ending_for_a_reason():
                 self._interrupted_by = signum
-            _signal_group(self._child.pid, signum)
+            _signal_group(self._pgid, signum)
+
+    def _ending_for_a_reason(self) -> bool:
+        """Whichever comes first names the outcome."""
+        return (self._interrupted_by is not None or self._timed_out_after is not None
+                or self._fenced or self._lease_lost_after is not None)
+
+    def _lease_deadline(self) -> float | None:
+        """When the command must be gone, given the last heartbeat that got through."""
+        if self._renew_within is None:
+            return None
+        return self._heartbeat.renewed_at + self._renew_within
+
+    def _lease_grace(self) -> float:
+        assert self._renew_within is not None
+        return min(self._kill_after, self._renew_within / 4)
 
     def _seconds_to_next_step(self) -> float | None:
         steps = [at for at in (self._terminate_at, self._kill_at) if at is not None]
+        deadline = self._lease_deadline()
+        if deadline is not None and not self._stopping:
+            steps += [deadline - self._lease_grace(), deadline]
         if not steps:
             return None
         return max(0.0, min(steps) - time.monotonic())
+
+    def _take_fencing_steps(self) -> None:
+        now = time.monotonic()
+        deadline = self._lease_deadline()
+        lease_lost = deadline is not None and now >= deadline - self._lease_grace()
+        if not (self._heartbeat.fenced or lease_lost):
+            return
+        if not self._ending_for_a_reason():
+            self._fenced = self._heartbeat.fenced
+            if not self._fenced:
+                self._lease_lost_after = now - self._heartbeat.renewed_at
+        if not self._stopping:
+            self._stopping = True
+            _signal_group(self._pgid, signal.SIGTERM)
+            kill_at = now + self._kill_after
+            if deadline is not None and lease_lost:
+                kill_at = min(kill_at, deadline)
+            self._kill_at = kill_at if self._kill_at is None else min(self._kill_at, kill_at)
 
     def _take_timeout_steps(self) -> None:
         now = time.monotonic()
         if self._terminate_at is not None and now >= self._terminate_at:
             self._terminate_at = None
             self._kill_at = now + self._kill_after
-            if self._interrupted_by is None:
+            if not self._ending_for_a_reason():
                 self._timed_out_after = self._timeout
-            _signal_group(self._child.pid, signal.SIGTERM)
+            _signal_group(self._pgid, signal.SIGTERM)
         if self._kill_at is not None and now >= self._kill_at:
             self._kill_at = None
-            _signal_group(self._child.pid, signal.SIGKILL)
+            _signal_group(self._pgid, signal.SIGKILL)
 
     def _outcome(self) -> Outcome:
         returncode = self._child.returncode
@@ -303,6 +375,12 @@ class _Run:
         if self._timed_out_after is not None:
             return Outcome(EXIT_TIMED_OUT,
                            f"timed out after {format_duration(self._timed_out_after)}", tail)
+        if self._fenced:
+            return Outcome(EXIT_FENCED, "stopped: the run was ended by someone else", tail,
+                           fenced=True)
+        if self._lease_lost_after is not None:
+            return Outcome(EXIT_FENCED, "stopped: no heartbeat got through for "
+                           f"{format_duration(self._lease_lost_after)}", tail)
         if killed_by is not None:
             return Outcome(128 + killed_by, f"killed by {_signal_name(killed_by)}", tail)
         return Outcome(returncode, f"exit code {returncode}", tail)
@@ -334,6 +412,13 @@ class _SignalWakeup:
         except BlockingIOError:
             return b""
 
+    def wake(self) -> None:
+        """Wake the main loop from another thread."""
+        try:
+            os.write(self._write_fd, _HEARTBEAT_NEWS)
+        except BlockingIOError:
+            pass  # full: the loop has plenty to wake up for already
+
     def __exit__(self, *exc_info: object) -> None:
         signal.set_wakeup_fd(self._previous_wakeup_fd)
         for signum, handler in self._previous_handlers.items():
@@ -347,11 +432,20 @@ def _wake_only(signum: int, frame: object) -> None:
 
 
 class _Heartbeat:
-    """Calls `beat` every `interval` seconds in a thread until the block ends."""
+    """Calls `beat` every `interval` seconds in a thread until the block ends.
 
-    def __init__(self, beat: Callable[[], None], interval: float) -> None:
+    `renewed_at` is when the last call that succeeded started; `fenced` turns
+    true when a call raised Fence, which ends the calls. Both are news for the
+    main loop, which the thread wakes through the wake-up pipe.
+    """
+
+    def __init__(self, beat: Callable[[], None] | None, interval: float, renewed_at: float,
+                 wakeup: _SignalWakeup) -> None:
         self._beat = beat
         self._interval = interval
+        self._wakeup = wakeup
+        self.renewed_at = renewed_at
+        self.fenced = False
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="jobs-cli heartbeat")
 
@@ -365,9 +459,16 @@ class _Heartbeat:
 
     def _loop(self) -> None:
         failing = False
-        while not self._stop.wait(self._interval):
+        next_at = time.monotonic() + self._interval
+        while not self._stop.wait(max(0.0, next_at - time.monotonic())):
+            began = time.monotonic()
+            next_at = began + self._interval
             try:
                 self._beat()
+            except Fence:
+                self.fenced = True
+                self._wakeup.wake()
+                return
             except Exception as error:
                 if not failing:
                     _write_all(2, f"jobs-cli: heartbeat failed: {error_line(error)}\n"
@@ -375,6 +476,8 @@ class _Heartbeat:
                 failing = True
             else:
                 failing = False
+                self.renewed_at = began
+                self._wakeup.wake()
 
 
 def _enlarge(fd: int) -> None:

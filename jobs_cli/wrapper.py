@@ -10,6 +10,15 @@ an incremental load without its watermark is unsafe (exit 69). --fail-open
 runs it anyway, unclaimed: no overlap check, no watermark, no heartbeats, and
 its result recorded afterwards (or spooled) with times from this host's clock,
 which its message says.
+
+Fencing: a watchdog is started first (see `watchdog`), so that the run's
+row names the process group its command will join and the command dies
+with the wrapper. While the command runs, a heartbeat that finds the run
+ended by someone else stops it (errors.Fenced, exit 77, nothing recorded).
+A heartbeat that cannot reach the database leaves the command running
+(a database blip must not kill a long load) unless --stop-on-lost-lease
+asks to stop it half an interval before the lease runs out, for jobs of
+which two copies must never run at once, even on two hosts.
 """
 
 from __future__ import annotations
@@ -18,7 +27,6 @@ import math
 import os
 import pwd
 import shutil
-import socket
 import sys
 import time
 import uuid
@@ -28,17 +36,20 @@ from typing import Mapping, Sequence
 
 from . import config
 from .db import Database
-from .errors import DatabaseError, NotStarted, Overlap, UpstreamNotReady
-from .recorder import Recorder
+from .errors import DatabaseError, Fenced, NotStarted, Overlap, UpstreamNotReady
+from .fencing import this_wrapper
+from .recorder import LEASE_HEARTBEATS, Recorder
 from .redact import recorded_command
 from .ringbuffer import tail_text
-from .runs import (Claim, Invocation, RunResult, iso_seconds, validate_lookback,
+from .runs import (Claim, Invocation, Run, RunResult, iso_seconds, validate_lookback,
                    validate_new_name, validate_upstream)
 from .states import ERROR, SUCCESS
-from .supervise import supervise
+from .supervise import Outcome, supervise
+from .watchdog import Watchdog
 
-# A lease outlives this many missed heartbeats: a run is dead within 3 intervals.
-LEASE_HEARTBEATS = 3
+# --stop-on-lost-lease: the command is gone this many intervals before the lease
+# would run out, counted from the start of the last heartbeat that got through.
+STOP_BEFORE_LEASE_ENDS = 0.5
 # How often `--on-overlap wait` looks whether the live run has ended.
 WAIT_POLL_SECONDS = 0.5
 
@@ -58,35 +69,37 @@ class RunOptions:
     heartbeat_seconds: float = config.DEFAULT_HEARTBEAT_SECONDS
     lookback: float = 0.0  # seconds taken off the watermark handed to the command
     after: tuple[str, ...] = ()  # upstream jobs that must have succeeded since (gating)
+    stop_on_lost_lease: bool = False
 
 
 def wrap(command: Sequence[str], options: RunOptions, recorder: Recorder) -> int:
     """Run `command` as a recorded run of `options.name`; return the wrapper's exit code.
 
     Raises NotStarted (the database failed before the start), Overlap (another
-    run is live) or SpoolError (the result could be neither recorded nor spooled).
+    run is live), Fenced (someone else ended the run while its command ran) or
+    SpoolError (the result could be neither recorded nor spooled).
     """
     deadline = None if options.timeout is None else time.monotonic() + options.timeout
-    invocation = Invocation(
-        run_key=uuid.uuid4().hex, name=validate_new_name(options.name), source=options.source,
-        destination=options.destination,
-        command=recorded_command(command) if options.record_command else None,
-        host=socket.gethostname(), pid=os.getpid(), username=current_username())
-    validate_upstream(invocation.name, options.after)  # before the database: --fail-open too
-    claim, claimed_at = _claim(invocation, options, recorder, deadline)
-    # A claimed run started at the claim, by the server's clock; an unclaimed one
-    # starts with the command, by this host's.
-    started_at = claimed_at if claim else time.monotonic()
-    started_here = datetime.now(timezone.utc)
-    outcome = supervise(
-        command, env=child_environment(os.environ, recorder.database, options.name, claim,
-                                       lookback=options.lookback),
-        # What waiting for an overlapping run took counts; connecting does not.
-        timeout=None if deadline is None else max(0.0, deadline - claimed_at),
-        kill_after=options.kill_after, tail_bytes=options.tail_bytes,
-        capture_stdout=options.capture_stdout,
-        heartbeat=recorder.heartbeat if claim else None,
-        heartbeat_interval=options.heartbeat_seconds)
+    name = validate_new_name(options.name)
+    validate_upstream(name, options.after)  # before the database: --fail-open too
+    with Watchdog() as watchdog:
+        me = this_wrapper()
+        invocation = Invocation(
+            run_key=uuid.uuid4().hex, name=name, source=options.source,
+            destination=options.destination,
+            command=recorded_command(command) if options.record_command else None,
+            host=me.host, pid=me.pid, username=current_username(), boot_id=me.boot_id,
+            wrapper_started=me.wrapper_started, pgid=watchdog.pgid)
+        claim, claimed_at = _claim(invocation, options, recorder, deadline)
+        # A claimed run started at the claim, by the server's clock; an unclaimed one
+        # starts with the command, by this host's.
+        started_at = claimed_at if claim else time.monotonic()
+        started_here = datetime.now(timezone.utc)
+        outcome = _supervise(command, options, recorder, claim, claimed_at, deadline, watchdog)
+    if outcome.fenced:
+        raise Fenced(f"run {claim.run.id} of {name!r} was ended by someone else while its "
+                     f"command ran ({_how_it_ended(recorder.ended_by_other)}); the command "
+                     "was stopped and nothing recorded")
     if not outcome.succeeded:
         # A timeout, a signal or a missing command leaves no trace on stderr otherwise.
         run = f"run {claim.run.id} of {options.name!r}" if claim else repr(options.name)
@@ -103,6 +116,31 @@ def wrap(command: Sequence[str], options: RunOptions, recorder: Recorder) -> int
         note=None if claim else (f"times from the clock of {invocation.host}: the database "
                                  "could not be reached when the run started")))
     return outcome.exit_code
+
+
+def _supervise(command: Sequence[str], options: RunOptions, recorder: Recorder,
+               claim: Claim | None, claimed_at: float, deadline: float | None,
+               watchdog: Watchdog) -> Outcome:
+    lease = LEASE_HEARTBEATS * options.heartbeat_seconds
+    return supervise(
+        command, env=child_environment(os.environ, recorder.database, options.name, claim,
+                                       lookback=options.lookback),
+        # What waiting for an overlapping run took counts; connecting does not.
+        timeout=None if deadline is None else max(0.0, deadline - claimed_at),
+        kill_after=options.kill_after, tail_bytes=options.tail_bytes,
+        capture_stdout=options.capture_stdout,
+        heartbeat=recorder.heartbeat if claim else None,
+        heartbeat_interval=options.heartbeat_seconds,
+        renew_within=(lease - STOP_BEFORE_LEASE_ENDS * options.heartbeat_seconds
+                      if claim and options.stop_on_lost_lease else None),
+        renewed_at=recorder.lease_renewed_at, watchdog=watchdog)
+
+
+def _how_it_ended(run: Run | None) -> str:
+    if run is None:
+        return "deleted"
+    lines = (run.message or "").splitlines()
+    return f"{run.status}: {lines[0]}" if lines else run.status
 
 
 def _claim(invocation: Invocation, options: RunOptions, recorder: Recorder,

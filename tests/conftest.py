@@ -54,6 +54,20 @@ def wait_until(condition, timeout: float = 10.0, what: str = "condition"):
         time.sleep(0.02)
 
 
+def living_group_members(pgid: int) -> list[int]:
+    """The pids of process group `pgid` that have not exited (zombies excluded)."""
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        state, _ppid, pgrp = text[text.rindex(")") + 2:].split()[:3]
+        if int(pgrp) == pgid and state != "Z":
+            members.append(int(stat.parent.name))
+    return members
+
+
 @pytest.fixture(scope="session")
 def pg_server():
     home = private_dir("jobs-cli-test-server-")

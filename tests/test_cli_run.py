@@ -15,7 +15,7 @@ from datetime import datetime, timezone
 
 import psycopg
 import pytest
-from conftest import private_dir, wait_until
+from conftest import living_group_members, private_dir, wait_until
 from psycopg import sql
 
 from jobs_cli import runs, spool
@@ -390,28 +390,62 @@ def test_waiting_gives_up_when_the_timeout_runs_out(spawn, cli, conn, tmp_path):
 
 # -- dead runs -----------------------------------------------------------------------------
 
-def test_a_killed_wrapper_leaves_a_dead_run_that_reap_ends(spawn, cli, conn, tmp_path):
-    wrapper = spawn("run", "--name", "k", "--", "sh", "-c", "echo $$ > child; exec sleep 60",
-                    env={"JOBS_HEARTBEAT_SECONDS": "0.5"})
-    child = int(wait_until(lambda: (tmp_path / "child").exists()
-                           and (tmp_path / "child").read_text().strip(), what="the child"))
-    try:
-        wait_until(lambda: rows(conn, "heartbeat_at > start_date")[0][0], what="a heartbeat")
-        wrapper.kill()
-        killed_at = time.monotonic()
-        # Dead within 3 intervals of the last heartbeat, so within 1.5 s of the kill
-        # (and the slack a loaded machine needs to notice).
-        wait_until(lambda: rows(conn, "lease_until <= now()")[0][0], timeout=10,
-                   what="the run to be dead")
-        assert time.monotonic() - killed_at < 1.5 + 3
-        assert rows(conn, "status") == [("in_progress",)]
+# Writes the command's process group to `group`, then runs a pipeline in it.
+PIPELINE = "ps -o pgid= $$ > group; sleep 60 | sleep 60"
+
+
+def started_group(tmp_path) -> int:
+    group = tmp_path / "group"
+    return int(wait_until(lambda: group.exists() and group.read_text().strip(),
+                          what="the command"))
+
+
+@pytest.mark.parametrize("reaper", ["reap", "run"])
+def test_a_killed_wrapper_takes_its_command_along_and_is_reaped_at_once(spawn, cli, conn,
+                                                                        tmp_path, reaper):
+    # The default interval: the lease would outlive the test by far.
+    wrapper = spawn("run", "--name", "k", "--", "sh", "-c", PIPELINE)
+    pgid = started_group(tmp_path)
+    wrapper.kill()
+    _, stderr = wrapper.communicate(timeout=30)
+    assert stderr.decode().endswith("died; killing its command\n")
+    wait_until(lambda: not living_group_members(pgid), what="the command to die")
+    assert rows(conn, "status, lease_until > now()") == [("in_progress", True)]
+    if reaper == "reap":
         reaped = cli("reap")
         assert (reaped.returncode, reaped.stdout, reaped.stderr) == (0, "1\n", "")
-        status, message = rows(conn, "status, message")[0]
-        assert status == "error" and message.startswith("abandoned: no heartbeat since ")
-        assert cli("run", "--name", "k", "--", "true").returncode == 0
-    finally:
-        os.killpg(child, signal.SIGKILL)
+    else:
+        rerun = cli("run", "--name", "k", "--", "true")
+        assert rerun.returncode == 0
+        assert rerun.stderr == "jobs-cli: run 1 of 'k' had lost its wrapper; marked abandoned\n"
+    status, message = rows(conn, "status, message")[0]
+    assert status == "error" and message.startswith("abandoned: no heartbeat since ")
+
+
+def test_a_live_wrapper_is_never_reaped_whatever_its_lease(spawn, cli, conn, tmp_path):
+    wrapper = spawn("run", "--name", "k", "--", "sh", "-c", f"touch started; {WAIT_FOR_GO}")
+    wait_until(lambda: (tmp_path / "started").exists(), what="the command")
+    # As if its heartbeats had not reached the database for a long time.
+    conn.execute("UPDATE jobs SET lease_until = now() - interval '1 hour'")
+    assert (cli("reap").stdout, cli("run", "--name", "k", "--", "true").returncode) == ("", 75)
+    (tmp_path / "go").touch()
+    wrapper.communicate(timeout=30)
+    assert wrapper.returncode == 0 and rows(conn, "status") == [("success",)]
+
+
+def test_a_run_ended_by_someone_else_stops_its_command_and_records_nothing(spawn, cli, conn,
+                                                                          tmp_path):
+    wrapper = spawn("run", "--name", "k", "--", "sh", "-c",
+                    "trap 'echo stopping >&2; exit 3' TERM; touch started; sleep 60 & wait",
+                    env={"JOBS_HEARTBEAT_SECONDS": "0.2"})
+    wait_until(lambda: (tmp_path / "started").exists(), what="the command")
+    assert cli("fail", "1", "--message", "stuck, failed by hand").returncode == 0
+    _, stderr = wrapper.communicate(timeout=30)
+    assert wrapper.returncode == 77
+    assert stderr.decode().splitlines() == [
+        "stopping", "jobs-cli: run 1 of 'k' was ended by someone else while its command ran "
+        "(error: stuck, failed by hand); the command was stopped and nothing recorded"]
+    assert rows(conn) == [("error", None, "stuck, failed by hand")]
 
 
 def test_the_next_run_reaps_a_dead_run_by_itself(cli, conn):
@@ -478,7 +512,8 @@ def test_a_database_down_at_the_end_spools_and_flush_records_once(spawn, cli, st
     _, stderr = wrapper.communicate(timeout=30)
     assert wrapper.returncode == 4
     lines = stderr.decode().splitlines()
-    assert lines[0] == "bye" and "jobs-cli: run 1 of 'd' failed: exit code 4" in lines
+    # The wrapper's heartbeat may fail before or after the command says bye.
+    assert "bye" in lines and "jobs-cli: run 1 of 'd' failed: exit code 4" in lines
     assert any(line.startswith("jobs-cli: cannot record run 1 ('d') yet") and
                line.endswith("retrying for 1s") for line in lines)
     assert lines[-1].startswith("jobs-cli: run 1 ('d') not recorded (cannot reach database")
@@ -527,6 +562,23 @@ def test_heartbeats_reconnect_after_a_database_restart(spawn, stoppable, tmp_pat
     wrapper.communicate(timeout=30)
     assert wrapper.returncode == 0
     assert own_rows(stoppable, "status") == [("success",)] and spool.pending(home) == []
+
+
+def test_stop_on_lost_lease_stops_the_command_before_its_lease_runs_out(spawn, cli, stoppable,
+                                                                       tmp_path, home):
+    wrapper = spawn("run", "--name", "d", "--stop-on-lost-lease", "--", "sh", "-c",
+                    f"touch started; {WAIT_FOR_GO}", env={"JOBS_HEARTBEAT_SECONDS": "1"})
+    wait_until(lambda: (tmp_path / "started").exists(), what="the command")
+    stoppable.stop()
+    _, stderr = wrapper.communicate(timeout=30)
+    assert wrapper.returncode == 77, stderr
+    assert "jobs-cli: run 1 of 'd' failed: stopped: no heartbeat got through for " in \
+        stderr.decode()
+    stoppable.ensure_running()
+    assert cli("flush").stdout == "1\n", stderr
+    status, exit_code, message = own_rows(stoppable)[0]
+    assert (status, exit_code) == ("error", 77)
+    assert message.startswith("stopped: no heartbeat got through for ")
 
 
 def test_a_database_down_at_the_start_means_69_and_the_command_not_run(cli, stoppable,

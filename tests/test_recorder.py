@@ -15,8 +15,9 @@ import pytest
 
 from jobs_cli import runs, spool
 from jobs_cli.db import Database
-from jobs_cli.errors import Refused, SpoolError
+from jobs_cli.errors import SpoolError
 from jobs_cli.recorder import Recorder
+from jobs_cli.supervise import Fence
 from jobs_cli.states import ERROR, SUCCESS
 
 SCHEMA = "public"
@@ -140,8 +141,9 @@ def test_heartbeats_move_the_lease_and_reconnect_after_a_lost_connection(recorde
 def test_a_heartbeat_for_a_run_someone_ended_fails(recorder, conn):
     run = claim(recorder).run
     runs.end_run(conn, SCHEMA, run.id, ERROR)
-    with pytest.raises(Refused, match=f"run {run.id} is no longer in progress"):
+    with pytest.raises(Fence, match=f"run {run.id} is no longer in progress"):
         recorder.heartbeat()
+    assert recorder.ended_by_other.status == ERROR
 
 
 def test_a_success_keeps_what_the_command_reported(recorder, conn):

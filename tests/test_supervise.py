@@ -15,9 +15,11 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import living_group_members
 
-from jobs_cli import supervise as supervise_module
-from jobs_cli.supervise import supervise
+from jobs_cli import watchdog as watchdog_module
+from jobs_cli.errors import EXIT_FENCED
+from jobs_cli.supervise import Fence, supervise
 
 REPO = Path(__file__).resolve().parents[1]
 PY = sys.executable
@@ -65,19 +67,6 @@ def py(code: str, *args: str) -> list[str]:
     return [PY, "-c", code, *args]
 
 
-def living_group_members(pgid: int) -> list[int]:
-    members = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            text = stat.read_text()
-        except OSError:
-            continue
-        state, _ppid, pgrp = text[text.rindex(")") + 2:].split()[:3]
-        if int(pgrp) == pgid and state != "Z":
-            members.append(int(stat.parent.name))
-    return members
-
-
 def wait_until(condition, timeout=3.0):
     deadline = time.monotonic() + timeout
     while not condition():
@@ -89,7 +78,7 @@ def wait_until(condition, timeout=3.0):
 def either_way_to_a_new_group(request, monkeypatch):
     """Popen's process_group argument (Python 3.11+), and the Python 3.10 fallback."""
     if request.param == "preexec_fn":
-        monkeypatch.setattr(supervise_module, "_OWN_PROCESS_GROUP", {"preexec_fn": os.setpgrp})
+        monkeypatch.setattr(watchdog_module, "_HAS_PROCESS_GROUP", False)
 
 
 # Exit codes and descriptions
@@ -257,12 +246,12 @@ def test_broken_stdout_reaches_a_child_whose_stdout_is_captured():
 # Timeouts
 
 def test_timeout_kills_the_whole_tree(either_way_to_a_new_group, tmp_path):
-    leader = tmp_path / "leader"
+    group = tmp_path / "group"
     started = time.monotonic()
-    outcome = supervise(["sh", "-c", f"echo $$ > {leader}; sleep 100 | cat"], timeout=0.3)
+    outcome = supervise(["sh", "-c", f"ps -o pgid= $$ > {group}; sleep 100 | cat"], timeout=0.3)
     assert time.monotonic() - started < 20
     assert (outcome.exit_code, outcome.description) == (124, "timed out after 0.3s")
-    wait_until(lambda: not living_group_members(int(leader.read_text())))
+    wait_until(lambda: not living_group_members(int(group.read_text())))
 
 
 def test_child_ignoring_sigterm_is_killed_after_kill_after():
@@ -286,14 +275,14 @@ def test_child_that_closed_stderr_is_still_waited_for():
 
 
 def test_background_grandchild_holding_stderr_does_not_keep_the_run_open(tmp_path):
-    leader = tmp_path / "leader"
+    group = tmp_path / "group"
     started = time.monotonic()
     try:
-        outcome = supervise(["sh", "-c", f"echo $$ > {leader}; sleep 60 & echo done >&2"])
+        outcome = supervise(["sh", "-c", f"ps -o pgid= $$ > {group}; sleep 60 & echo done >&2"])
         assert time.monotonic() - started < 20
         assert (outcome.exit_code, outcome.tail) == (0, b"done\n")
     finally:
-        os.killpg(int(leader.read_text()), signal.SIGKILL)
+        os.killpg(int(group.read_text()), signal.SIGKILL)
 
 
 # Signals
@@ -377,12 +366,81 @@ def test_ignored_signal_stays_ignored_for_the_child():
 
 # Process group and heartbeat
 
-def test_the_child_leads_a_process_group_of_its_own(either_way_to_a_new_group):
+def test_the_child_runs_in_a_process_group_led_by_its_watchdog(either_way_to_a_new_group):
     outcome = supervise(py("import os; print(os.getpid(), os.getpgid(0))"), capture_stdout=True)
     pid, pgid = map(int, outcome.tail.split())
-    assert pid == pgid != os.getpgid(0)
+    assert pgid not in (pid, os.getpgid(0))
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)  # reaped
+    # Stood down: the watchdog exits without killing anything.
+    wait_until(lambda: not living_group_members(pgid))
+
+
+# Fencing: the watchdog, a fenced heartbeat, a lost lease
+
+# Writes the id of the command's group to `group`, then runs `sleep 60 | sleep 60` in it.
+PIPELINE = "ps -o pgid= $$ > group; sleep 60 | sleep 60"
+
+
+@pytest.mark.parametrize("ignoring", ["", "trap '' INT TERM HUP; "])
+def test_a_sigkilled_wrapper_takes_the_whole_group_with_it(tmp_path, ignoring):
+    harness = subprocess.Popen(harness_command(["sh", "-c", ignoring + PIPELINE]),
+                               env=harness_env(), cwd=tmp_path, stderr=subprocess.PIPE,
+                               start_new_session=True)
+    group = tmp_path / "group"
+    wait_until(lambda: group.exists() and group.read_text().strip())
+    pgid = int(group.read_text())
+    wait_until(lambda: len(living_group_members(pgid)) == 4)  # watchdog, sh, two sleeps
+    if ignoring:
+        # What the wrapper forwards to the group (Ctrl-C, a timeout) spares the watchdog.
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            os.killpg(pgid, signum)
+        time.sleep(0.2)  # no event to wait for: a watchdog that died would be gone by now
+        assert len(living_group_members(pgid)) == 4 and harness.poll() is None
+    harness.kill()
+    _, stderr = harness.communicate(timeout=10)
+    wait_until(lambda: not living_group_members(pgid), timeout=10)
+    assert stderr.decode().endswith(f"jobs-cli: the wrapper (pid {harness.pid}) died; "
+                                    "killing its command\n")
+
+
+def test_a_fenced_heartbeat_stops_the_command(tmp_path):
+    def beat():
+        raise Fence("ended elsewhere")
+
+    outcome = supervise(["sh", "-c", "trap 'echo stopping >&2; exit 3' TERM; sleep 60 & wait"],
+                        heartbeat=beat, heartbeat_interval=0.05)
+    assert (outcome.exit_code, outcome.description, outcome.fenced) == (
+        EXIT_FENCED, "stopped: the run was ended by someone else", True)
+    assert outcome.tail == b"stopping\n"
+
+
+def test_a_fenced_command_that_ignores_sigterm_is_killed_after_kill_after():
+    def beat():
+        raise Fence("ended elsewhere")
+
+    outcome = supervise(["sh", "-c", "trap '' TERM; sleep 60"], heartbeat=beat,
+                        heartbeat_interval=0.05, kill_after=0.2)
+    assert (outcome.exit_code, outcome.fenced) == (EXIT_FENCED, True)
+
+
+def test_heartbeats_that_keep_failing_stop_the_command_before_the_lease_runs_out():
+    def beat():
+        raise RuntimeError("database unreachable")
+
+    started = time.monotonic()
+    outcome = supervise(["sleep", "60"], heartbeat=beat, heartbeat_interval=0.1,
+                        renew_within=0.8, renewed_at=started, kill_after=5)
+    # SIGTERM a quarter of renew_within before it ran out; sleep obeys at once.
+    assert 0.6 <= time.monotonic() - started < 20
+    assert outcome.exit_code == EXIT_FENCED and not outcome.fenced
+    assert outcome.description.startswith("stopped: no heartbeat got through for ")
+
+
+def test_heartbeats_that_get_through_keep_the_command_running():
+    outcome = supervise(["sleep", "1"], heartbeat=lambda: None, heartbeat_interval=0.05,
+                        renew_within=0.4)
+    assert outcome.exit_code == 0
 
 
 def test_heartbeat_is_called_every_interval_while_the_child_runs():

@@ -41,12 +41,15 @@ from .common import (DURATION, Count, complete_job_names, connection, destinatio
               help="Keep stdout in that tail too (it then goes through a pipe).")
 @click.option("--no-record-command", "hide_command", is_flag=True,
               help="Record no command line (else it is recorded with passwords masked).")
+@click.option("--stop-on-lost-lease", is_flag=True,
+              help="Stop the command (exit 77) before its lease runs out when heartbeats "
+                   "cannot reach the database: no other host can then run the job alongside.")
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 @click.pass_context
 def run(ctx: click.Context, name: str, source: str, destination: str, timeout: float | None,
         kill_after: float, on_overlap: str, fail_open: bool, lookback: float | None,
         after: tuple[str, ...], tail_bytes: int, capture_stdout: bool, hide_command: bool,
-        command: tuple[str, ...]) -> None:
+        stop_on_lost_lease: bool, command: tuple[str, ...]) -> None:
     """Run COMMAND as a recorded run of job NAME.
 
     Exits with the command's exit code.
@@ -59,7 +62,8 @@ def run(ctx: click.Context, name: str, source: str, destination: str, timeout: f
 
     Exit: the command's code; 124 timed out, 126 not executable, 127 not
     found, 128+N signal N; 69 database unreachable (command not run), 75
-    another run is live or an --after job has not succeeded since (skipped).
+    another run is live or an --after job has not succeeded since (skipped), 77
+    command stopped (someone else ended the run, or --stop-on-lost-lease).
 
     \b
     Example:
@@ -73,6 +77,7 @@ def run(ctx: click.Context, name: str, source: str, destination: str, timeout: f
         timeout=timeout, kill_after=kill_after, on_overlap=on_overlap,
         fail_open=fail_open, lookback=lookback or 0, after=after, tail_bytes=tail_bytes,
         capture_stdout=capture_stdout, record_command=not hide_command,
+        stop_on_lost_lease=stop_on_lost_lease,
         heartbeat_seconds=seconds_from_env(config.ENV_HEARTBEAT_SECONDS,
                                            config.DEFAULT_HEARTBEAT_SECONDS, positive=True))
     with recorder_for(ctx) as recorder:
@@ -92,9 +97,10 @@ def reap(ctx: click.Context, older_than: float | None) -> None:
     They end as error "abandoned: …"; their ids are printed.
 
     A run of `jobs-cli run` is dead when its heartbeats stopped for three
-    intervals (JOBS_HEARTBEAT_SECONDS). The next `run` of the same job reaps
-    its dead run by itself; this is for the dashboards, and for unsupervised
-    runs with --older-than.
+    intervals (JOBS_HEARTBEAT_SECONDS); on the wrapper's own host, as soon as
+    the wrapper and its command are gone, and never while the wrapper lives.
+    The next `run` of the same job reaps its dead run by itself; this is for
+    the dashboards, and for unsupervised runs with --older-than.
 
     \b
     Example:
