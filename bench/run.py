@@ -329,12 +329,12 @@ with psycopg.connect(sys.argv[1], autocommit=True) as conn:
 print(row[0] if row else 0)
 """
 
-# The same statements as `jobs-cli run` (the claim, then the result, each one
-# transaction in one round trip) around the same subprocess.
+# The statements `jobs-cli run` sends (recorded from runs.claim_run and
+# runs.record_result: the claim, then the result, each one pipelined transaction,
+# synced where the claim awaits an answer) around the same subprocess, with a run
+# key of its own each time.
 BASELINE_RUN = """
 import json
-import os
-import socket
 import subprocess
 import sys
 import time
@@ -343,39 +343,62 @@ import uuid
 import click
 import psycopg
 
-conninfo, statements = sys.argv[1], json.loads(open(sys.argv[2]).read())
+conninfo, sent = sys.argv[1], json.loads(open(sys.argv[2]).read())
 key = uuid.uuid4().hex
-params = {"run_key": key, "name": sys.argv[3], "source": "", "destination": "",
-          "command": " ".join(sys.argv[4:]), "host": socket.gethostname(), "pid": os.getpid(),
-          "username": "bench", "lease_seconds": 90.0, "allow_overlap": False,
-          "lock_key": "x", "older_than": None, "unsupervised_reason": None,
-          "status": "success", "note": None, "elapsed": 0.1, "exit_code": 0,
-          "headline": "exit code 0", "boot_id": None, "wrapper_started": None, "pgid": None,
-          "alive_here": [], "dead_here": [], "lookback": 0.0, "after": None}
 with psycopg.connect(conninfo, autocommit=True) as conn:
     conn.prepare_threshold = None
-    with conn.pipeline(), conn.transaction():
-        cursors = [conn.execute(text, params) for text in statements["claim"]]
-    params["start_date"] = cursors[5].fetchone()[3]  # the run: id, name, status, start_date, ...
+    with conn.pipeline() as pipeline, conn.transaction():
+        for item in sent["claim"]:
+            if item is None:
+                pipeline.sync()  # where the claim waits for an answer: a round trip
+            else:
+                conn.execute(item[0], {**item[1], "run_key": key})
     began = time.monotonic()
-    child = subprocess.run(sys.argv[4:], stderr=subprocess.PIPE)
-    params["elapsed"] = time.monotonic() - began
-    params["output"] = child.stderr[-10240:].decode(errors="replace")
+    child = subprocess.run(sys.argv[3:], stderr=subprocess.PIPE)
+    elapsed = time.monotonic() - began
+    output = child.stderr[-10240:].decode(errors="replace")
     with conn.pipeline(), conn.transaction():
-        for text in statements["result"]:
-            conn.execute(text, params)
+        for text, params in filter(None, sent["result"]):
+            conn.execute(text, {**params, "run_key": key, "elapsed": elapsed, "output": output})
 sys.exit(child.returncode)
 """
 
 
-def run_statements(conn: psycopg.Connection, schema: str) -> dict[str, list[str]]:
-    """The SQL text of a claim and a result, as runs.claim_run and runs.record_result send it."""
-    def text(template: str) -> str:
-        return runs.statement(template, schema).as_string(conn)
+def run_statements(conninfo: str, schema: str) -> dict[str, list]:
+    """The SQL and parameters of a claim and of a result, as `run` sends them, with
+    None where a pipeline is synced (an answer awaited mid-transaction)."""
+    import socket
+    import uuid
 
-    return {"claim": [runs.CLAIM_LOCK, text(runs.HELD_HERE), text(runs.REAP_RUNS),
-                      text(runs.LIVE_RUN), text(runs.CLAIM_RUN), text(runs.RUN_BY_KEY)],
-            "result": [text(runs.INSERT_MISSING_RUN), text(runs.RECORD_RESULT)]}
+    sent: list = []
+    sync = psycopg.Pipeline.sync
+
+    def recorded_sync(pipeline: psycopg.Pipeline) -> None:
+        sent.append(None)
+        sync(pipeline)
+
+    class Recording(psycopg.Cursor):
+        def execute(self, query, params=None, **options):
+            text = query if isinstance(query, str) else query.as_string(self)
+            sent.append((text, params))
+            return super().execute(query, params, **options)
+
+    with psycopg.connect(conninfo, autocommit=True, cursor_factory=Recording) as conn:
+        invocation = runs.Invocation(
+            run_key=uuid.uuid4().hex, name="bench-run-baseline", source="", destination="",
+            command="true", host=socket.gethostname(), pid=os.getpid(), username="bench")
+        psycopg.Pipeline.sync = recorded_sync
+        try:
+            claim = runs.claim_run(conn, schema, invocation, lease_seconds=90.0,
+                                   allow_overlap=False)
+        finally:
+            psycopg.Pipeline.sync = sync
+        claimed = sent[:]
+        sent.clear()
+        runs.record_result(conn, schema, runs.RunResult(
+            invocation=invocation, run_id=claim.run.id, start_date=claim.run.start_date,
+            elapsed=0.0, status="success", exit_code=0, headline="exit code 0", output=""))
+    return {"claim": claimed, "result": sent}
 
 
 def sh(script: str) -> list[str]:
@@ -403,11 +426,12 @@ def command_rows(report: Report, timer: Timer, conninfo: str, conn: psycopg.Conn
     report.add("`jobs-cli --help`", f"`python -c 'import click'` ({ms(found['baseline'])})",
                ms(found["cli"]), ratio, "≤ 1.25x", ratio <= 1.25)
 
-    (scripts / "run.json").write_text(json.dumps(run_statements(conn, "public")))
+    (scripts / "run.json").write_text(json.dumps(run_statements(conninfo, "public"),
+                                                 default=str))
     found = timer.medians({
         "cli": [JOBS_CLI, "run", "--name", "bench-run", "--", "true"],
         "baseline": [PYTHON, str(scripts / "run.py"), conninfo, str(scripts / "run.json"),
-                     "bench-run-baseline", "true"],
+                     "true"],
     })
     ratio = found["cli"] / found["baseline"]
     report.add("`jobs-cli run --name N -- true`", "Python: the same statements and "
