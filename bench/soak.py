@@ -270,7 +270,8 @@ def _settle_and_count(server: EmbeddedServer, env: dict[str, str], work: Path,
         if planned.token not in ran:
             if records:
                 figures.doubled += 1
-                figures.details.append(f"{planned.token}: recorded, but its command never ran")
+                figures.details.append(f"{planned.token}: recorded, but its command never ran "
+                                       f"(exit {code}: {_last_line(work, planned.token)})")
             elif code not in (EXIT_OVERLAP, EXIT_NOT_STARTED):
                 figures.details.append(f"{planned.token}: exit {code}, command never ran")
             continue
@@ -296,6 +297,12 @@ def _ran(work: Path) -> dict[str, list[int]]:
         token, run_id = line.split()
         ran[token].append(int(run_id))
     return ran
+
+
+def _last_line(work: Path, token: str) -> str:
+    """The last line the wrapper of `token` wrote on stderr."""
+    lines = _lines(work / "logs" / f"{token}.err")
+    return lines[-1] if lines else ""
 
 
 def _lines(path: Path) -> list[str]:
