@@ -212,6 +212,8 @@ CREATE TABLE IF NOT EXISTS jobs_summary (
     recent_ends          timestamptz[] NOT NULL DEFAULT '{}',
     -- Seconds from start to end; NULL for a run without an end.
     recent_durations     float8[] NOT NULL DEFAULT '{}',
+    -- One of them is in progress or has no end: its state and duration move with now().
+    recent_unsettled     boolean NOT NULL DEFAULT false,
     -- Found as `last-success` finds it: by end_date.
     last_success_start   timestamptz,
     last_success_end     timestamptz,
@@ -239,6 +241,7 @@ BEGIN
         recent_starts = coalesce(recent.starts, '{}'),
         recent_ends = coalesce(recent.ends, '{}'),
         recent_durations = coalesce(recent.durations, '{}'),
+        recent_unsettled = coalesce(recent.unsettled, false),
         last_success_start = success.start_date,
         last_success_end = success.end_date,
         last_success_records = success.records_processed
@@ -249,7 +252,8 @@ BEGIN
                array_agg(start_date ORDER BY start_date DESC, id DESC) AS starts,
                array_agg(end_date ORDER BY start_date DESC, id DESC) AS ends,
                array_agg(extract(epoch FROM end_date - start_date)::float8
-                         ORDER BY start_date DESC, id DESC) AS durations
+                         ORDER BY start_date DESC, id DESC) AS durations,
+               bool_or(status = 'in_progress' OR end_date IS NULL) AS unsettled
         FROM (SELECT id, status, start_date, end_date FROM jobs
               WHERE jobs.name = n.name
               ORDER BY start_date DESC, id DESC

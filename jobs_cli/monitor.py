@@ -143,41 +143,40 @@ SELECT_RUN_VIEW = "SELECT {columns}," + RUN_VIEW_COLUMNS + " FROM {table} WHERE 
 # them worked out here, with the lease read by id. Unfinished runs are counted
 # from the partial index. What is derived from the arrays (rates, medians,
 # intervals) is left to JobSummary.
+# A summary's newest runs as the views show them: state and duration by now().
+_NEWEST_VIEWED = """
+    SELECT position,""" + RUN_VIEW_COLUMNS + """
+    FROM (
+        SELECT run.position, run.status, run.start_date, run.end_date,
+               CASE WHEN run.status = 'in_progress' OR run.end_date IS NULL
+                    THEN (SELECT lease_until FROM {table} WHERE id = run.id)
+               END AS lease_until
+        FROM unnest(summary.recent_ids, summary.recent_statuses, summary.recent_starts,
+                    summary.recent_ends)
+             WITH ORDINALITY AS run(id, status, start_date, end_date, position)
+        OFFSET 0  -- kept apart, so each lease is read once, not once per use
+    ) run"""
 JOB_SUMMARIES = """
 SELECT names.name,
        now() AS checked_at,
        summary.recent_ids[1] AS last_run_id,
-       coalesce(unsettled.states, summary.recent_statuses, '{{}}') AS recent_states,
+       coalesce(CASE WHEN summary.recent_unsettled
+                     THEN (SELECT array_agg(state ORDER BY position)
+                           FROM (""" + _NEWEST_VIEWED + """) newest)
+                     ELSE summary.recent_statuses END, '{{}}') AS recent_states,
        coalesce(summary.recent_starts, '{{}}') AS recent_starts,
        coalesce(summary.recent_ends, '{{}}') AS recent_ends,
-       coalesce(unsettled.durations, summary.recent_durations, '{{}}') AS recent_durations,
+       coalesce(CASE WHEN summary.recent_unsettled
+                     THEN (SELECT array_agg(duration_seconds ORDER BY position)
+                           FROM (""" + _NEWEST_VIEWED + """) newest)
+                     ELSE summary.recent_durations END, '{{}}') AS recent_durations,
        summary.last_success_start,
        summary.last_success_end,
        summary.last_success_records,
        coalesce(unfinished.live, 0) AS live,
        coalesce(unfinished.dead, 0) AS dead,
        coalesce(unfinished.running, 0) AS running
-FROM names
-LEFT JOIN {summary} summary ON summary.name = names.name
-LEFT JOIN LATERAL (
-    SELECT array_agg(state ORDER BY position) AS states,
-           array_agg(duration_seconds ORDER BY position) AS durations
-    FROM (
-        SELECT position,""" + RUN_VIEW_COLUMNS + """
-        FROM (
-            SELECT run.position, run.status, run.start_date, run.end_date,
-                   CASE WHEN run.status = 'in_progress' OR run.end_date IS NULL
-                        THEN (SELECT lease_until FROM {table} WHERE id = run.id)
-                   END AS lease_until
-            FROM unnest(summary.recent_ids, summary.recent_statuses, summary.recent_starts,
-                        summary.recent_ends)
-                 WITH ORDINALITY AS run(id, status, start_date, end_date, position)
-            OFFSET 0  -- kept apart, so each lease is read once, not once per use
-        ) run
-    ) newest
-    WHERE summary.recent_statuses @> '{{in_progress}}'
-       OR array_position(summary.recent_ends, NULL) IS NOT NULL
-) unsettled ON true
+FROM {names}
 LEFT JOIN LATERAL (
     SELECT count(*) FILTER (WHERE {live}) AS live,
            count(*) FILTER (WHERE {dead}) AS dead,
@@ -186,9 +185,12 @@ LEFT JOIN LATERAL (
     WHERE name = names.name AND status = 'in_progress'
 ) unfinished ON true
 """
-ALL_JOB_SUMMARIES = ("WITH names(name) AS (SELECT name FROM {summary})" + JOB_SUMMARIES
+ALL_JOB_SUMMARIES = (JOB_SUMMARIES.replace("{names}", "{summary} summary, LATERAL "
+                                                       "(SELECT summary.name) names")
                      + "ORDER BY names.name")
-GIVEN_JOB_SUMMARIES = "WITH " + GIVEN_NAMES + JOB_SUMMARIES + "ORDER BY names.position"
+GIVEN_JOB_SUMMARIES = ("WITH " + GIVEN_NAMES + JOB_SUMMARIES.replace(
+    "{names}", "names LEFT JOIN {summary} summary ON summary.name = names.name")
+                       + "ORDER BY names.position")
 
 # Ended runs by name and status, for the metrics' counters: the summary's counts.
 # A DBA who deletes history lowers them (a counter reset, to Prometheus).

@@ -22,6 +22,9 @@ WRITER = "jobs_summary_test_writer"
 
 # The summary's columns, computed from the whole table.
 FROM_THE_TABLE = """
+SELECT *, coalesce((SELECT bool_or(status = 'in_progress' OR end_date IS NULL)
+                    FROM unnest(recent_statuses, recent_ends) AS run(status, end_date)), false)
+FROM (
 SELECT name, count(*) AS runs,
        count(*) FILTER (WHERE status = 'success') AS successes,
        count(*) FILTER (WHERE status = 'error') AS errors,
@@ -37,11 +40,13 @@ SELECT name, count(*) AS runs,
             FILTER (WHERE status = 'success'))[1] AS last_success_end,
        (array_agg(records_processed ORDER BY end_date DESC NULLS LAST, id DESC)
             FILTER (WHERE status = 'success'))[1] AS last_success_records
-FROM {table} GROUP BY name ORDER BY name
+FROM {table} GROUP BY name
+) counted ORDER BY name
 """
 KEPT = """
 SELECT name, runs, successes, errors, recent_ids, recent_statuses, recent_starts, recent_ends,
-       recent_durations, last_success_start, last_success_end, last_success_records
+       recent_durations, last_success_start, last_success_end, last_success_records,
+       recent_unsettled
 FROM {summary} ORDER BY name
 """
 
