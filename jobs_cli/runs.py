@@ -555,8 +555,9 @@ def claim_run(conn: "psycopg.Connection", schema: str, invocation: Invocation, *
               after: Sequence[str] = ()) -> Claim:
     """In one transaction and two round trips: judge the name's runs on this host
     (see `fencing`), reap the name's dead runs, insert the run unless another is
-    live (or overlap is allowed) or an upstream job in `after` has no new success, with the watermark it is handed (the last success's start less
-    `lookback` seconds), its cursor and the upstream runs it consumes."""
+    live (or overlap is allowed) or an upstream job in `after` has no new success,
+    with the watermark it is handed (the last success's start less `lookback`
+    seconds), its cursor and the upstream runs it consumes."""
     # One set of parameters for every statement: only dead supervised runs are reaped.
     params = {**vars(invocation), "lease_seconds": lease_seconds,
               "allow_overlap": allow_overlap, "lock_key": f"{schema}.jobs:{invocation.name}",
