@@ -25,18 +25,23 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import psycopg
 from psycopg import conninfo, sql
 
-from bench_run import JOBS_CLI, database, private_home
 from jobs_cli.schema import apply_schema
+from jobs_cli.server import EmbeddedServer
 
+JOBS_CLI = str(Path(sys.executable).parent / "jobs-cli")
 LOADER = Path(__file__).resolve().parent.parent / "tests" / "loader.py"
 TABLE = """
 CREATE TABLE {name} (
@@ -46,6 +51,20 @@ CREATE TABLE {name} (
     xid         xid8 NOT NULL DEFAULT pg_current_xact_id()
 )"""
 MUST_MISS_NOTHING = ("by_time_lookback", "by_xid")
+
+
+@contextmanager
+def database(url: str | None) -> Iterator[tuple[str, Path]]:
+    """The database to use and a JOBS_HOME: a private embedded server unless `url`."""
+    home = Path(tempfile.mkdtemp(prefix="jobs-cli-bench-simulation-"))
+    home.chmod(0o755)  # as root the server runs as another user, who must enter it
+    server = None if url else EmbeddedServer(home)
+    try:
+        yield url or server.ensure_running(), home
+    finally:
+        if server is not None:
+            server.stop()
+        shutil.rmtree(home, ignore_errors=True)
 
 
 def write(url: str, stop: threading.Event, max_transaction: float, seed: int,
@@ -93,7 +112,7 @@ def main() -> int:
     loaders = {"by_time": ("time", []), "by_time_lookback": ("time", ["--lookback", lookback]),
                "by_id": ("id", []), "by_xid": ("xid", [])}
 
-    with private_home() as home, database(args.database_url, home) as url, \
+    with database(args.database_url) as (url, home), \
             psycopg.connect(url, autocommit=True) as conn:
         conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(args.schema)))
         try:
