@@ -58,6 +58,12 @@ CREATE UNIQUE INDEX IF NOT EXISTS jobs_run_key ON jobs (run_key) WHERE run_key I
 ALTER TABLE jobs ADD COLUMN IF NOT EXISTS boot_id         text;
 ALTER TABLE jobs ADD COLUMN IF NOT EXISTS wrapper_started bigint;
 ALTER TABLE jobs ADD COLUMN IF NOT EXISTS pgid            integer;
+-- Also given by `jobs-cli start`, so a start repeated after a lost connection
+-- finds the run it may already have inserted instead of inserting a second.
+-- Set by finish/fail: the same command, repeated after a lost connection,
+-- finds the run ended by itself (the same key) and succeeds; anyone else's
+-- finish of an ended run is refused.
+ALTER TABLE jobs ADD COLUMN IF NOT EXISTS end_key      text;
 
 -- Incremental loads (see README); before jobs_latest, whose * is expanded
 -- when the view is created. What `jobs-cli run` handed its command:

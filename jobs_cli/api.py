@@ -21,14 +21,19 @@ server), so a long job holds no idle connection open.
 from __future__ import annotations
 
 import os
+import uuid
 import warnings
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 from . import config, runs
-from .db import Database, connect
+from .db import Database, call
 from .errors import InvalidInput, JobsError
+from .retry import Patience
 from .states import ENDED, ERROR, SUCCESS
+
+if TYPE_CHECKING:
+    import psycopg
 
 
 class Job:
@@ -40,7 +45,8 @@ class Job:
         self.destination = destination
         self.database = Database(
             url=database_url or os.environ.get(config.ENV_DATABASE_URL) or None,
-            schema=schema or os.environ.get(config.ENV_SCHEMA) or config.DEFAULT_SCHEMA)
+            schema=schema or os.environ.get(config.ENV_SCHEMA) or config.DEFAULT_SCHEMA,
+            patience=Patience(seconds=config.start_retry_seconds()))
         self.data: dict[str, Any] | None = None
 
     @property
@@ -53,22 +59,25 @@ class Job:
         For success that is the watermark, as `jobs-cli last-success` prints it,
         less `lookback` seconds (rounded up).
         """
-        with connect(self.database) as conn:
+        def read(conn: "psycopg.Connection") -> int | None:
             if status == SUCCESS:
                 return runs.next_watermark(conn, self.database.schema, self.name,
                                            lookback=lookback).since
             return runs.last_start(conn, self.database.schema, self.name, status)
 
+        return call(self.database, read)
+
     def most_recent_cursor(self) -> str | None:
         """The cursor of the last successful run that has one, as
         `jobs-cli last-success --cursor` prints it; None when none has."""
-        with connect(self.database) as conn:
-            return runs.next_watermark(conn, self.database.schema, self.name).cursor
+        return call(self.database,
+                    lambda conn: runs.next_watermark(conn, self.database.schema, self.name).cursor)
 
     def start(self, message: str | None = None) -> dict[str, Any]:
-        with connect(self.database) as conn:
-            run = runs.start_run(conn, self.database.schema, self.name, source=self.source,
-                                 destination=self.destination, message=message)
+        key = uuid.uuid4().hex  # a start repeated after a lost connection inserts nothing more
+        run = call(self.database, lambda conn: runs.start_run(
+            conn, self.database.schema, self.name, source=self.source,
+            destination=self.destination, message=message, run_key=key))
         self.data = run.as_dict()
         return self.data
 
@@ -79,9 +88,10 @@ class Job:
             raise InvalidInput(f"result must be 'success' or 'error', not {_result!r}")
         if self.id is None:
             raise JobsError("start() the job before reporting its result")
-        with connect(self.database) as conn:
-            run = runs.end_run(conn, self.database.schema, self.id, _result,
-                               records=records_processed, message=message, cursor=cursor)
+        key = uuid.uuid4().hex  # a repeated end recognises its own ending
+        run = call(self.database, lambda conn: runs.end_run(
+            conn, self.database.schema, self.id, _result, records=records_processed,
+            message=message, cursor=cursor, end_key=key))
         self.data = run.as_dict()
         return self.data
 

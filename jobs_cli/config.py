@@ -34,6 +34,9 @@ ENV_UPSTREAM_RUNS = "JOBS_UPSTREAM_RUNS"
 ENV_CLI = "JOBS_CLI"
 ENV_HEARTBEAT_SECONDS = "JOBS_HEARTBEAT_SECONDS"
 ENV_RETRY_SECONDS = "JOBS_RETRY_SECONDS"
+# How long a command waits for a database that is down, restarting or full
+# before it gives up (0: not at all).
+ENV_START_RETRY_SECONDS = "JOBS_START_RETRY_SECONDS"
 
 DEFAULT_SCHEMA = "public"
 DEFAULT_LIMIT = 20  # runs shown by `list` and `watch`
@@ -41,6 +44,7 @@ DEFAULT_SERVER_USER = "jobs-cli"
 DEFAULT_HEARTBEAT_SECONDS = 30.0
 DEFAULT_RETRY_SECONDS = 60.0
 DEFAULT_COMPLETION_SECONDS = 0.8
+DEFAULT_START_RETRY_SECONDS = 30.0
 ROOT_HOME = "/var/lib/jobs-cli"
 # The largest value of an integer column (records_processed, ids).
 INT4_MAX = 2**31 - 1
@@ -67,3 +71,24 @@ def home() -> "Path":
     from pathlib import Path
 
     return Path(os.environ.get(ENV_HOME) or default_home()).absolute()
+
+
+def seconds_from_env(variable: str, default: float, *, positive: bool = False) -> float:
+    """A JOBS_*_SECONDS variable: plain seconds, as its name says."""
+    from .durations import parse_seconds
+    from .errors import InvalidInput
+
+    text = os.environ.get(variable)
+    if not text:
+        return default
+    try:
+        seconds = parse_seconds(text)
+    except ValueError as exc:
+        raise InvalidInput(f"{variable}: {exc}") from None
+    if positive and seconds <= 0:
+        raise InvalidInput(f"{variable}: must be more than 0, not {text!r}")
+    return seconds
+
+
+def start_retry_seconds() -> float:
+    return seconds_from_env(ENV_START_RETRY_SECONDS, DEFAULT_START_RETRY_SECONDS)

@@ -38,14 +38,16 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator, TypeVar
 
-from . import config
+from . import config, retry
 from .errors import DatabaseError, DatabaseUnavailable, PermissionDenied
 from .text import error_line
 
 if TYPE_CHECKING:
     import psycopg
+
+T = TypeVar("T")
 
 CONNECT_TIMEOUT_SECONDS = 10
 # Server parameter -> the value (prefix) every connection needs.
@@ -67,6 +69,8 @@ class Database:
     url: str | None = None
     schema: str = config.DEFAULT_SCHEMA
     home: Path = field(default_factory=config.home)
+    # How long to wait for a database that is down, restarting or full (see `retry`).
+    patience: retry.Patience = retry.Patience()
 
     @property
     def embedded(self) -> bool:
@@ -98,9 +102,10 @@ def describe(conninfo: str) -> str:
 
 @contextmanager
 def connect(database: Database) -> Iterator["psycopg.Connection"]:
+    """A connection, waiting for the database as its patience allows."""
     if database.embedded:
         _head_start(database)
-    with translated_errors(database), open_connection(database) as conn:
+    with translated_errors(database), patiently(database, open_connection) as conn:
         yield conn
 
 
@@ -124,6 +129,32 @@ def _head_start(database: Database) -> None:
                 pass  # reported by the caller's own ensure_running
 
         threading.Thread(target=start, name="jobs-cli server start").start()
+
+
+def call(database: Database, operation: Callable[["psycopg.Connection"], T]) -> T:
+    """`operation(conn)` on a new connection, repeated on another one after a transient failure.
+
+    Only for operations safe to run twice: a connection lost mid-statement
+    leaves unknown whether the statement took effect (see `retry`).
+    """
+    def once(database: Database, **options: object) -> T:
+        with open_connection(database, **options) as conn:
+            return operation(conn)
+
+    if database.embedded:
+        _head_start(database)
+    with translated_errors(database):
+        return patiently(database, once)
+
+
+def patiently(database: Database, attempt: Callable[..., T]) -> T:
+    """`attempt(database, connect_timeout=…)`, retried as the database's patience allows."""
+    def waiting(error: BaseException) -> str:
+        return (f"waiting up to {database.patience.seconds:g}s for {where(database)} "
+                f"({redacted(error_line(error), database)})")
+
+    return retry.call(lambda timeout: attempt(database, connect_timeout=timeout),
+                      database.patience, waiting)
 
 
 def open_connection(database: Database, **options: object) -> "psycopg.Connection":
@@ -202,7 +233,7 @@ def _open(conninfo: str, **options: object) -> "psycopg.Connection":
         raise DatabaseUnavailable("the database URL cannot be parsed (not shown: it may "
                                   "hold a password); see JOBS_DATABASE_URL / --database-url") from None
     _check_ports(params)
-    conn = psycopg.connect(make_conninfo("", **params), autocommit=True)
+    conn = retry.connect(make_conninfo("", **params), autocommit=True)
     # Explicit, because the overlap check relies on it: a server or role whose
     # default is REPEATABLE READ would take the claim's snapshot before its lock.
     conn.isolation_level = psycopg.IsolationLevel.READ_COMMITTED

@@ -82,11 +82,13 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
-from . import runs, spool
-from .db import Database, conninfo_params, open_connection, translated_errors, where
+from . import retry, runs, spool
+from .db import (Database, conninfo_params, open_connection, patiently, redacted,
+                 translated_errors, where)
 from .durations import format_duration
 from .errors import DatabaseError, DatabaseUnavailable, JobsError, SpoolError
 from .supervise import FORWARDED_SIGNALS, Fence
+from .text import error_line
 
 if TYPE_CHECKING:
     import psycopg
@@ -98,8 +100,6 @@ logging.getLogger("psycopg").addHandler(logging.NullHandler())
 SPOOL_FORMAT = 1
 # A lease outlives this many missed heartbeats: a run is dead within 3 intervals.
 LEASE_HEARTBEATS = 3
-FIRST_RETRY_DELAY = 0.25
-MAX_RETRY_DELAY = 8.0
 # libpq's smallest connect_timeout (1 counts as 2), and what a heartbeat's reconnect
 # may take at most however long the interval.
 MIN_CONNECT_TIMEOUT = 2
@@ -116,7 +116,8 @@ class Replayed:
 
     recorded: list[runs.Run] = field(default_factory=list)
     other_database: int = 0  # entries for another database or schema, left in place
-    failed: int = 0  # entries that could not be read, left in place
+    failed: int = 0  # entries that could not be read or recorded now, left in place
+    rejected: int = 0  # entries the database refused for good, moved to spool/rejected/
 
 
 class Recorder:
@@ -128,6 +129,7 @@ class Recorder:
         self.tell = tell
         self._retry_seconds = retry_seconds
         self._conn: psycopg.Connection | None = None
+        self._identity: dict[str, str] | None = None  # see spool_identity
         self._run: runs.Run | None = None
         self._lease_seconds = 0.0
         self.ended_by_other: runs.Run | None = None  # what a heartbeat found instead
@@ -142,15 +144,22 @@ class Recorder:
 
         Results spooled for this database are replayed first, on the same connection.
         """
+        # Connecting first: an unreachable database is not a spool problem.
+        # Waiting for it and repeating the claim are as the database's patience
+        # allows; the claim is keyed by the invocation's run_key, so a repeat
+        # after a lost connection finds its own run.
         with translated_errors(self.database):
-            self._connection()  # first: an unreachable database is not a spool problem
+            patiently(self.database, lambda _, **options: self._connection(**options))
         self._replay_on_the_way()
         with translated_errors(self.database):
-            # Before the statements: the lease starts later, by the server's clock.
-            self.lease_renewed_at = time.monotonic()
-            claim = runs.claim_run(self._connection(), self.database.schema, invocation,
-                                   lease_seconds=lease_seconds, allow_overlap=allow_overlap,
-                                   lookback=lookback, after=after)
+            def claim_once(_: Database, **options: object) -> runs.Claim:
+                # Before the statements: the lease starts later, by the server's clock.
+                self.lease_renewed_at = time.monotonic()
+                return runs.claim_run(self._connection(**options), self.database.schema,
+                                      invocation, lease_seconds=lease_seconds,
+                                      allow_overlap=allow_overlap, lookback=lookback, after=after)
+
+            claim = patiently(self.database, claim_once)
         for dead in claim.abandoned:
             self.tell(f"run {dead.id} of {dead.name!r} had lost its wrapper; marked abandoned")
         if claim.run is not None:
@@ -194,9 +203,11 @@ class Recorder:
         except DatabaseError as error:
             failure = error
         try:
-            path = spool.save(self.database.home, result.invocation.run_key,
-                              {"format": SPOOL_FORMAT, "target": self.spool_target(),
-                               "result": _result_to_json(result)})
+            entry = {"format": SPOOL_FORMAT, "target": self.spool_target(),
+                     "result": _result_to_json(result)}
+            if result.run_id is not None and self._identity is not None:
+                entry["identity"] = self._identity
+            path = spool.save(self.database.home, result.invocation.run_key, entry)
         except SpoolError as error:
             raise SpoolError(f"{error}; the result of {_which(result)} ({result.headline}) "
                              f"is recorded nowhere: {failure}") from None
@@ -205,15 +216,21 @@ class Recorder:
         return None
 
     def replay(self) -> Replayed:
-        """Record the spooled results meant for this database; raises DatabaseUnavailable."""
+        """Record the spooled results meant for this database; raises DatabaseUnavailable.
+
+        A result the database refuses for good (a constraint, a permission) is
+        moved aside to spool/rejected/, so it cannot hold up the others.
+        """
+        import psycopg
+
         replayed = Replayed()
-        target = self.spool_target()
         for path in spool.pending(self.database.home):
             try:
                 entry = spool.load(path)
-                if entry.get("target") != target:
-                    replayed.other_database += 1
-                    continue
+                with translated_errors(self.database):
+                    if not self._belongs_here(entry):
+                        replayed.other_database += 1
+                        continue
                 result = _result_from_json(entry)
             except SpoolError as error:
                 self.tell(str(error))
@@ -221,13 +238,26 @@ class Recorder:
                 continue
             try:
                 with translated_errors(self.database):
-                    run = self._record_once(result)
+                    try:
+                        run = self._record_once(result)
+                    except psycopg.Error as error:
+                        if not retry.refused_for_good(error):
+                            raise
+                        refusal = redacted(error_line(error), self.database)
+                    else:
+                        refusal = None
             except DatabaseUnavailable:
                 raise  # the rest cannot be recorded either
             except DatabaseError as error:
-                # This entry only (e.g. a constraint it breaks): keep it, go on.
+                # Not this entry's fault (e.g. the table is missing): keep it, go on.
                 self.tell(f"cannot record spooled result {path}: {error}")
                 replayed.failed += 1
+                continue
+            if refusal is not None:
+                moved = spool.reject(path)
+                self.tell(f"the database refused the spooled result of {_which(result)} for good "
+                          f"({refusal}); moved to {moved}")
+                replayed.rejected += 1
                 continue
             spool.discard(path)
             if run is not None:
@@ -244,6 +274,18 @@ class Recorder:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+    def _belongs_here(self, entry: dict[str, Any]) -> bool:
+        """Whether a spooled entry is for this database and schema.
+
+        By the identity of the database it was claimed in, whatever the URL's
+        spelling; results that never reached a database (--fail-open) by the
+        spelling of the URL they were spooled under, as they have no identity.
+        """
+        if entry.get("identity"):
+            self._connection()
+            return entry["identity"] == self._identity
+        return entry.get("target") == self.spool_target()
 
     def spool_target(self) -> str:
         """Which database and schema a spooled result belongs to; never the password."""
@@ -267,6 +309,7 @@ class Recorder:
             self.close()
             self._conn = open_connection(self.database, tcp_user_timeout=TCP_USER_TIMEOUT_MS,
                                          **options)
+            self._identity = _identity(self._conn, self.database.schema)
         return self._conn
 
     def _on_connection(self, operation: Callable[["psycopg.Connection"], Any],
@@ -297,24 +340,18 @@ class Recorder:
             self.tell(f"recorded the spooled result of run {run.id} ({run.name!r})")
 
     def _record_with_retries(self, result: runs.RunResult) -> runs.Run | None:
-        give_up_at = time.monotonic() + self._retry_seconds
-        delay = FIRST_RETRY_DELAY
+        # Told whether or not stderr is a terminal: a late result is worth a line in cron's mail.
+        patience = retry.Patience(seconds=self._retry_seconds, on_wait=self.tell)
+
+        def waiting(error: BaseException) -> str:
+            return (f"cannot record {_which(result)} yet (cannot reach {where(self.database)}: "
+                    f"{redacted(error_line(error), self.database)}); "
+                    f"retrying for {format_duration(self._retry_seconds)}")
+
         try:
-            with _stop_retrying_on_signals():
-                while True:
-                    try:
-                        with translated_errors(self.database):
-                            return self._record_once(result)
-                    except DatabaseUnavailable as error:
-                        remaining = give_up_at - time.monotonic()
-                        if remaining <= 0:
-                            raise
-                        if delay == FIRST_RETRY_DELAY:
-                            self.tell(f"cannot record {_which(result)} yet ({error}); "
-                                      f"retrying for {format_duration(self._retry_seconds)}")
-                    # The last attempt comes at the end of the window, not before it.
-                    time.sleep(min(delay, remaining))
-                    delay = min(delay * 2, MAX_RETRY_DELAY)
+            with _stop_retrying_on_signals(), translated_errors(self.database):
+                return retry.call(lambda _: self._record_once(result), patience, waiting,
+                                  retry.unavailable)
         except _StopRetrying as stop:
             raise DatabaseUnavailable(f"stopped retrying on {stop}") from None
 
@@ -328,6 +365,21 @@ class Recorder:
             self.tell(f"run {current.id} of {current.name!r} was ended ({current.status}) "
                       f"by someone else; its outcome ({result.headline}) is not recorded")
         return current
+
+
+# Names where a spooled result belongs (see Recorder._belongs_here): the
+# cluster's system identifier and the database, whatever the URL says.
+IDENTITY = "SELECT system_identifier::text, current_database() FROM pg_control_system()"
+
+
+def _identity(conn: "psycopg.Connection", schema: str) -> dict[str, str] | None:
+    import psycopg
+
+    try:
+        system_identifier, database = conn.execute(IDENTITY).fetchone()
+    except psycopg.errors.InsufficientPrivilege:
+        return None  # an administrator revoked it: results are matched by the URL's spelling
+    return {"system_identifier": system_identifier, "database": database, "schema": schema}
 
 
 def _which(result: runs.RunResult) -> str:

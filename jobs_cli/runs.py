@@ -14,7 +14,7 @@ import unicodedata
 from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
 from functools import cache
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, NoReturn, Sequence
 
 from .config import INT4_MAX
 from .errors import InvalidInput, NoSuccess, NotFound, Refused
@@ -94,24 +94,32 @@ FENCED_LIVENESS = {
                  "      OR id = ANY(%(dead_here)s::integer[]))",
 }
 
+# A repeated start (same run_key) inserts nothing; the caller then reads the
+# run the first one inserted (RUN_BY_KEY).
 INSERT_RUN = """
-INSERT INTO {table} (name, status, start_date, source, destination, records_processed, message)
-VALUES (%(name)s, 'in_progress', now(), %(source)s, %(destination)s, 0, %(message)s)
+INSERT INTO {table} (name, status, start_date, source, destination, records_processed, message,
+                     run_key)
+VALUES (%(name)s, 'in_progress', now(), %(source)s, %(destination)s, 0, %(message)s, %(run_key)s)
+ON CONFLICT (run_key) WHERE run_key IS NOT NULL DO NOTHING
 RETURNING {columns}
 """
 
 # An ended run is never changed again: the status guard makes finish/fail
-# atomic, so two racing finishers cannot both win.
+# atomic, so two racing finishers cannot both win. end_key tells the winner
+# repeating itself (after a lost connection) from anyone else.
 END_RUN = """
 UPDATE {table}
 SET status = %(status)s,
     end_date = greatest(now(), start_date),
     records_processed = coalesce(%(records)s, records_processed),
     message = coalesce(%(message)s, message),
-    cursor = coalesce(%(cursor)s, cursor)
+    cursor = coalesce(%(cursor)s, cursor),
+    end_key = %(end_key)s
 WHERE id = %(id)s AND status = 'in_progress'
 RETURNING {columns}
 """
+
+ENDED_BY = "SELECT end_key FROM {table} WHERE id = %(id)s"
 
 SELECT_RUN = "SELECT {columns} FROM {table} WHERE id = %(id)s"
 
@@ -270,38 +278,51 @@ def validate_records(records: int | None) -> int | None:
 # -- operations ---------------------------------------------------------------
 
 def start_run(conn: "psycopg.Connection", schema: str, name: str, *, source: str = "",
-              destination: str = "", message: str | None = None) -> Run:
-    """Insert an in_progress run started now (server time)."""
+              destination: str = "", message: str | None = None,
+              run_key: str | None = None) -> Run:
+    """Insert an in_progress run started now (server time).
+
+    Given the same `run_key` again (a retry after a lost connection), it
+    returns the run inserted the first time instead of inserting another.
+    """
     params = {"name": validate_new_name(name), "source": source, "destination": destination,
-              "message": message}
-    run = fetch_run(conn, INSERT_RUN, schema, params)
+              "message": message, "run_key": run_key}
+    run = fetch_run(conn, INSERT_RUN, schema, params) or run_by_key(conn, schema, run_key)
     assert run is not None
     return run
 
 
 def end_run(conn: "psycopg.Connection", schema: str, run_id: str | int, status: str, *,
             records: int | None = None, message: str | None = None,
-            cursor: str | None = None) -> Run:
+            cursor: str | None = None, end_key: str | None = None) -> Run:
     """Mark an in_progress run success or error; refuse unknown or already ended runs.
 
-    A cursor is kept either way, but only a success's is ever handed on.
+    A cursor is kept either way, but only a success's is ever handed on. A run
+    already ended with this `end_key` (a retry after a lost connection) is
+    returned as it is: that ending was this call's own.
     """
     if status not in ENDED:
         raise InvalidInput(f"a run ends as {' or '.join(ENDED)}, not {status!r}")
     params = {"id": parse_run_id(run_id), "status": status,
               "records": validate_records(records), "message": message,
-              "cursor": validate_cursor(cursor)}
-    return _update_in_progress(conn, END_RUN, schema, params)
+              "cursor": validate_cursor(cursor), "end_key": end_key}
+    run = fetch_run(conn, END_RUN, schema, params)
+    if run is None and end_key is not None:
+        ended_by = conn.execute(statement(ENDED_BY, schema), params).fetchone()
+        if ended_by == (end_key,):
+            return get_run(conn, schema, params["id"])
+    return run or _refuse(conn, schema, params["id"])
 
 
 def _update_in_progress(conn: "psycopg.Connection", template: str, schema: str,
                         params: dict) -> Run:
     """Run `template`, an UPDATE of the in_progress run params["id"]; refuse unknown
     or already ended runs."""
-    run = fetch_run(conn, template, schema, params)
-    if run is not None:
-        return run
-    existing = get_run(conn, schema, params["id"])
+    return fetch_run(conn, template, schema, params) or _refuse(conn, schema, params["id"])
+
+
+def _refuse(conn: "psycopg.Connection", schema: str, run_id: int) -> NoReturn:
+    existing = get_run(conn, schema, run_id)
     raise Refused(f"run {existing.id} ({existing.name}) has already ended: {existing.status}")
 
 
@@ -436,7 +457,9 @@ LIMIT 1
 # it has none). The run keeps what it is handed: the watermark, the cursor and
 # the newest such upstream run of each job, in --after order. The statement
 # says whether it inserted and which upstream jobs are not ready; the run
-# itself is read by its run_key, in the same transaction.
+# itself is read by its run_key, in the same transaction. Only once per
+# run_key: a claim repeated after a lost connection finds its own run rather
+# than meeting it as an overlap.
 CLAIM_RUN = f"""
 WITH {WATERMARK_STATE},
 upstream AS (
@@ -458,7 +481,8 @@ claimed AS (
            (SELECT array_agg(run_id ORDER BY ord) FROM upstream), %(boot_id)s,
            %(wrapper_started)s, %(pgid)s
     FROM state
-    WHERE (%(allow_overlap)s
+    WHERE NOT EXISTS (SELECT FROM {{table}} WHERE run_key = %(run_key)s)
+      AND (%(allow_overlap)s
            OR NOT EXISTS (SELECT FROM {{table}} WHERE name = %(name)s AND {{live_here}}))
       AND NOT EXISTS (SELECT FROM upstream WHERE run_id IS NULL)
     RETURNING id
@@ -557,7 +581,9 @@ def claim_run(conn: "psycopg.Connection", schema: str, invocation: Invocation, *
     (see `fencing`), reap the name's dead runs, insert the run unless another is
     live (or overlap is allowed) or an upstream job in `after` has no new success,
     with the watermark it is handed (the last success's start less `lookback`
-    seconds), its cursor and the upstream runs it consumes."""
+    seconds), its cursor and the upstream runs it consumes.
+
+    Safe to repeat: a repeated claim of the same invocation returns its run."""
     # One set of parameters for every statement: only dead supervised runs are reaped.
     params = {**vars(invocation), "lease_seconds": lease_seconds,
               "allow_overlap": allow_overlap, "lock_key": f"{schema}.jobs:{invocation.name}",
@@ -574,8 +600,8 @@ def claim_run(conn: "psycopg.Connection", schema: str, invocation: Invocation, *
         live = _run_cursor(conn, LIVE_RUN, schema, params)
         claimed = conn.execute(statement(CLAIM_RUN, schema), params)
         inserted = _run_cursor(conn, RUN_BY_KEY, schema, params)
-    was_claimed, waiting_for = claimed.fetchone()
-    run = inserted.fetchone() if was_claimed else None
+    _, waiting_for = claimed.fetchone()
+    run = inserted.fetchone()  # inserted now, or by an earlier try of this claim
     since = run and run.since_handed
     return Claim(run=run, blocking=None if run else live.fetchone(),
                  last_success=None if since is None else int(since.timestamp()),

@@ -82,6 +82,28 @@ def load(path: Path) -> dict[str, Any]:
     return entry
 
 
+def rejected_dir(home: Path) -> Path:
+    return spool_dir(home) / "rejected"
+
+
+def reject(path: Path) -> Path:
+    """Move an entry the database refuses for good out of the way; return where it went.
+
+    It is kept (it is the only record of that run's outcome) but no longer replayed.
+    """
+    directory = path.parent / "rejected"
+    target = directory / path.name
+    try:
+        directory.mkdir(mode=0o700, exist_ok=True)
+        os.rename(path, target)
+        _fsync_directory(directory)
+        _fsync_directory(path.parent)
+    except OSError as error:
+        raise SpoolError(f"cannot move rejected result {path} to {directory}: "
+                         f"{error.strerror or error}") from None
+    return target
+
+
 def discard(path: Path) -> None:
     """Remove a replayed entry; one that another replayer removed first is fine."""
     try:

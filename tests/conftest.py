@@ -25,6 +25,10 @@ from pytest_postgresql.janitor import DatabaseJanitor
 from jobs_cli.db import Database
 from jobs_cli.server import PORT, SUPERUSER, EmbeddedServer
 
+# Tests of an unreachable database want its answer now; tests of waiting set their own.
+NO_WAITING = {"JOBS_START_RETRY_SECONDS": "0"}
+os.environ.update(NO_WAITING)
+
 ROOT = Path(__file__).resolve().parent.parent
 SCHEMA_SQL = ROOT / "schema.sql"
 TEMPLATE = "jobs_template"
@@ -80,6 +84,26 @@ def pg_server():
 
 
 @pytest.fixture(scope="session")
+def limited_server():
+    """A server of its own with max_connections = 20 and a jobs table, for tests of a full
+    server (its log, under log_dir, says when it turned clients away)."""
+    from jobs_cli.schema import apply_schema
+
+    home = private_dir("jobs-cli-test-limited-server-")
+    server = EmbeddedServer(home)
+    server.ensure_running()
+    with psycopg.connect(server.conninfo(), autocommit=True) as conn:
+        conn.execute("ALTER SYSTEM SET max_connections = 20")
+    server.stop()
+    with psycopg.connect(server.ensure_running(), autocommit=True) as conn:
+        assert conn.execute("SHOW max_connections").fetchone() == ("20",)
+        apply_schema(conn, "public")
+    yield server
+    server.stop()
+    shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
 def jobs_template(pg_server):
     janitor = DatabaseJanitor(dbname=TEMPLATE, as_template=True, **pg_server)
     janitor.init()
@@ -122,7 +146,7 @@ def cli_env(db_url, home) -> dict[str, str]:
     """Environment for a jobs-cli subprocess pointed at this test's database."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("JOBS_", "PG"))}
     env.update(PATH=f"{BIN_DIR}{os.pathsep}{env.get('PATH', '')}",
-               JOBS_DATABASE_URL=db_url, JOBS_HOME=str(home))
+               JOBS_DATABASE_URL=db_url, JOBS_HOME=str(home), **NO_WAITING)
     return env
 
 

@@ -631,11 +631,13 @@ def test_flush_records_the_good_entries_and_keeps_the_bad(cli, conn, database, h
     assert [(name, status) for _, name, status in recorded] == [
         ("good0", "success"), ("good1", "success")]
     assert flushed.stdout.split() == [str(run_id) for run_id, _, _ in recorded]
+    moved = spool.spool_dir(home) / "rejected" / refused.name
     assert flushed.stderr.splitlines() == [
         f"jobs-cli: cannot read spooled result {not_an_object}: not a JSON object",
-        f"jobs-cli: cannot record spooled result {refused}: new row for relation \"jobs\" "
-        "violates check constraint \"jobs_end_after_start\""]
-    assert spool.pending(home) == [not_an_object, refused]
+        "jobs-cli: the database refused the spooled result of the --fail-open run of 'refused' "
+        "for good (new row for relation \"jobs\" violates check constraint "
+        f"\"jobs_end_after_start\"); moved to {moved}"]
+    assert spool.pending(home) == [not_an_object] and moved.exists()
 
 
 # -- no secrets in the record ------------------------------------------------------------

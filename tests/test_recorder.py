@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import threading
@@ -16,7 +17,7 @@ import pytest
 from jobs_cli import runs, spool
 from jobs_cli.db import Database
 from jobs_cli.errors import SpoolError
-from jobs_cli.recorder import Recorder
+from jobs_cli.recorder import Recorder, Replayed
 from jobs_cli.supervise import Fence
 from jobs_cli.states import ERROR, SUCCESS
 
@@ -283,3 +284,81 @@ def test_a_signal_while_retrying_spools_at_once(make_recorder, home, told):
     assert "not recorded (stopped retrying on SIGTERM)" in told[-1]
     assert len(spool.pending(home)) == 1
     assert signal.getsignal(signal.SIGTERM) == handler
+
+
+# -- where a spooled result belongs, and results the database refuses for good --------------
+
+def respelled(database: Database) -> Database:
+    """The same database under another spelling of its URL (libpq's default port left out)."""
+    url = database.url.replace(" port=5432", "")
+    assert url != database.url
+    return replace(database, url=url)
+
+
+def spool_while_down(recorder: Recorder, outage, result_of) -> None:
+    outage.begin()
+    try:
+        assert recorder.record(result_of) is None
+    finally:
+        outage.end()
+
+
+def test_a_spooled_result_is_replayed_by_its_database_whatever_the_urls_spelling(
+        make_recorder, outage, database):
+    recorder = make_recorder(retry_seconds=0)
+    called = invocation()
+    claimed = claim(recorder, called)
+    spool_while_down(recorder, outage, result(claimed, called))
+    elsewhere = make_recorder(replace(database, schema="elsewhere")).replay()
+    assert (elsewhere.recorded, elsewhere.other_database) == ([], 1)
+    replayed = make_recorder(respelled(database)).replay()
+    assert [(run.id, run.status) for run in replayed.recorded] == [(claimed.run.id, "success")]
+
+
+def test_a_result_for_another_database_of_the_same_server_is_left(make_recorder, outage,
+                                                                  database, db_url, conn):
+    recorder = make_recorder(retry_seconds=0)
+    called = invocation()
+    spool_while_down(recorder, outage, result(claim(recorder, called), called))
+    other = replace(database, url=db_url.replace(f"dbname={conn.info.dbname}", "dbname=postgres"))
+    assert make_recorder(other).replay().other_database == 1
+    assert len(spool.pending(database.home)) == 1
+
+
+def test_a_fail_open_result_is_replayed_only_under_the_urls_spelling(make_recorder, database,
+                                                                     conn):
+    # Never claimed, it has no database identity: where it belongs is what the URL said.
+    unclaimed = make_recorder(Database(url=UNREACHABLE, home=database.home), retry_seconds=0)
+    assert unclaimed.record(result(None, invocation())) is None
+    path, = spool.pending(database.home)
+    entry = spool.load(path)
+    entry["target"] = make_recorder().spool_target()
+    path.write_text(json.dumps(entry))
+    assert make_recorder(respelled(database)).replay().other_database == 1
+    assert len(make_recorder().replay().recorded) == 1
+    assert spool.pending(database.home) == []
+
+
+def test_a_result_refused_for_good_is_moved_aside_and_the_rest_recorded(
+        make_recorder, outage, database, conn, told):
+    recorder = make_recorder(retry_seconds=0)
+    refused, good = invocation("refused"), invocation("good")
+    claimed = [claim(recorder, called) for called in (refused, good)]
+    outage.begin()
+    try:
+        # Ends before it starts: the table's CHECK refuses it, today and always.
+        assert recorder.record(result(claimed[0], refused, elapsed=-60)) is None
+        assert recorder.record(result(claimed[1], good)) is None
+    finally:
+        outage.end()
+    refused_path = spool.pending(database.home)[0]
+    told.clear()
+    replayed = make_recorder().replay()
+    assert ([run.name for run in replayed.recorded], replayed.rejected, replayed.failed) == (
+        ["good"], 1, 0)
+    moved = spool.spool_dir(database.home) / "rejected" / refused_path.name
+    assert told == [f"the database refused the spooled result of run {claimed[0].run.id} "
+                    f"('refused') for good (new row for relation \"jobs\" violates check "
+                    f"constraint \"jobs_end_after_start\"); moved to {moved}"]
+    assert spool.pending(database.home) == [] and moved.exists()
+    assert make_recorder().replay() == Replayed()

@@ -18,7 +18,7 @@ import click
 from .. import config
 from ..errors import EXIT_INTERRUPTED
 from . import admin, recording, run, views, watermarks
-from .common import JobsGroup
+from .common import JobsGroup, tell
 
 
 def help_width() -> int:
@@ -55,10 +55,14 @@ def cli(ctx: click.Context, database_url: str | None, schema: str) -> None:
       jobs-cli list
     """
     from ..db import Database
+    from ..retry import Patience
 
     if not schema.strip():
         raise click.BadParameter("must not be empty", param_hint="--schema")
-    ctx.obj = Database(url=database_url or None, schema=schema)
+    # Waiting is said only to a person: under cron the outcome says enough.
+    patience = Patience(seconds=config.start_retry_seconds(),
+                        on_wait=tell if sys.stderr.isatty() else None)
+    ctx.obj = Database(url=database_url or None, schema=schema, patience=patience)
 
 
 

@@ -16,7 +16,8 @@ from typing import Iterator
 import click
 
 from .. import config
-from ..durations import parse_duration, parse_positive_duration, parse_seconds
+from ..config import seconds_from_env
+from ..durations import parse_duration, parse_positive_duration
 from ..errors import EXIT_ERROR, InvalidInput, JobsError
 
 
@@ -130,20 +131,6 @@ view_json_option = click.option("--json", "as_json", is_flag=True,
 
 def tell(message: str) -> None:
     click.echo(f"jobs-cli: {message}", err=True)
-
-
-def seconds_from_env(variable: str, default: float, *, positive: bool = False) -> float:
-    """A JOBS_*_SECONDS variable: plain seconds, as its name says."""
-    text = os.environ.get(variable)
-    if not text:
-        return default
-    try:
-        seconds = parse_seconds(text)
-    except ValueError as exc:
-        raise InvalidInput(f"{variable}: {exc}") from None
-    if positive and seconds <= 0:
-        raise InvalidInput(f"{variable}: must be more than 0, not {text!r}")
-    return seconds
 
 
 def recorder_for(ctx: click.Context):

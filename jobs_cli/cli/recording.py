@@ -9,7 +9,7 @@ import click
 
 from .. import config
 from ..errors import EXIT_NO_SUCCESS, InvalidInput
-from .common import (RECORDS, complete_job_names, connection, destination_option, emit_run,
+from .common import (RECORDS, complete_job_names, destination_option, emit_run,
                      lookback_option, source_option, tell)
 
 
@@ -28,11 +28,16 @@ def start(ctx: click.Context, name: str, source: str, destination: str,
     Example:
       id=$(jobs-cli start orders_sync --source erp --destination dwh)
     """
+    import uuid
+
+    from ..db import call
     from ..runs import start_run
 
-    with connection(ctx) as conn:
-        run = start_run(conn, ctx.obj.schema, name, source=source,
-                        destination=destination, message=message)
+    # The key makes a start repeated after a lost connection find its run, not insert another.
+    key = uuid.uuid4().hex
+    run = call(ctx.obj, lambda conn: start_run(
+        conn, ctx.obj.schema, name, source=source, destination=destination, message=message,
+        run_key=key))
     emit_run(run, as_json)
 
 
@@ -58,11 +63,16 @@ def end_command(status: str, example: str, with_cursor: bool = False):
     @click.pass_context
     def command(ctx: click.Context, run_id: str, records: int | None,
                 message: str | None, as_json: bool, cursor: str | None = None) -> None:
+        import uuid
+
+        from ..db import call
         from ..runs import end_run
 
-        with connection(ctx) as conn:
-            run = end_run(conn, ctx.obj.schema, run_id, status, records=records, message=message,
-                          cursor=cursor)
+        # An end repeated after a lost connection knows its own ending by the key.
+        key = uuid.uuid4().hex
+        run = call(ctx.obj, lambda conn: end_run(
+            conn, ctx.obj.schema, run_id, status, records=records, message=message,
+            cursor=cursor, end_key=key))
         emit_run(run, as_json)
 
     command.__doc__ = (
@@ -102,6 +112,7 @@ def last_success(ctx: click.Context, name: str, default: str | None, iso: bool,
       psql -c "select * from orders where modified_at >= to_timestamp($since)"
       after=$(jobs-cli last-success orders_sync --cursor --default 0)
     """
+    from ..db import call
     from ..runs import iso_seconds, next_watermark, validate_cursor, validate_name
 
     validate_name(name)
@@ -113,8 +124,8 @@ def last_success(ctx: click.Context, name: str, default: str | None, iso: bool,
             validate_cursor(default)
         else:
             default = whole_seconds(default, "--default")
-    with connection(ctx) as conn:
-        handed = next_watermark(conn, ctx.obj.schema, name, lookback=lookback or 0)
+    handed = call(ctx.obj, lambda conn: next_watermark(conn, ctx.obj.schema, name,
+                                                        lookback=lookback or 0))
     answer = handed.cursor if want_cursor else handed.since
     if answer is None:
         if default is None:
@@ -152,6 +163,7 @@ def report(ctx: click.Context, records: int | None, message: str | None,
       # in the script that `jobs-cli run` runs
       jobs-cli report --records "$(wc -l < batch.csv)" --cursor "$max_id"
     """
+    from ..db import call
     from ..runs import report_run
 
     run_id = os.environ.get(config.ENV_ID)
@@ -160,6 +172,7 @@ def report(ctx: click.Context, records: int | None, message: str | None,
                            "run by `jobs-cli run`")
     if records is None and message is None and cursor is None:
         raise InvalidInput("nothing to report: give --records, --message or --cursor")
-    with connection(ctx) as conn:
-        report_run(conn, ctx.obj.schema, run_id, records=records, message=message, cursor=cursor)
+    # Setting the same values twice is harmless, so a lost connection is simply retried.
+    call(ctx.obj, lambda conn: report_run(conn, ctx.obj.schema, run_id, records=records,
+                                          message=message, cursor=cursor))
 

@@ -138,6 +138,6 @@ def flush(ctx: click.Context) -> None:
     if replayed.other_database:
         tell(f"{replayed.other_database} spooled result(s) in {spool_dir(ctx.obj.home)} "
              "are for another database or schema; left in place")
-    if replayed.failed:
+    if replayed.failed or replayed.rejected:
         ctx.exit(EXIT_ERROR)
 
