@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-from dataclasses import replace
 
 import click
 
@@ -162,6 +161,8 @@ def check(ctx: click.Context, names: tuple[str, ...], critical_after: float,
     Example:
       jobs-cli check orders_sync invoices --max-age 2h --warn-age 90m
     """
+    from dataclasses import replace
+
     from ..monitor import check_jobs
     from ..render import check_line
 
