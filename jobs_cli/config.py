@@ -42,6 +42,9 @@ DEFAULT_SCHEMA = "public"
 DEFAULT_LIMIT = 20  # runs shown by `list` and `watch`
 DEFAULT_SERVER_USER = "jobs-cli"
 DEFAULT_HEARTBEAT_SECONDS = 30.0
+# Below this, libpq's whole-second connect timeout no longer fits in a lease of
+# three intervals, and the wrapper would do little but heartbeat.
+MIN_HEARTBEAT_SECONDS = 1.0
 DEFAULT_RETRY_SECONDS = 60.0
 DEFAULT_COMPLETION_SECONDS = 0.8
 DEFAULT_START_RETRY_SECONDS = 30.0
@@ -70,11 +73,20 @@ def default_home() -> "Path":
 def home() -> "Path":
     from pathlib import Path
 
-    return Path(os.environ.get(ENV_HOME) or default_home()).absolute()
+    from .errors import InvalidInput
+
+    chosen = os.environ.get(ENV_HOME)
+    if not chosen:
+        return default_home()
+    # Relative, it would name another server in each working directory: cron's
+    # ($HOME) and a shell's would record into different databases.
+    if not os.path.isabs(chosen):
+        raise InvalidInput(f"{ENV_HOME} must be an absolute path, not {chosen!r}")
+    return Path(chosen)
 
 
-def seconds_from_env(variable: str, default: float, *, positive: bool = False) -> float:
-    """A JOBS_*_SECONDS variable: plain seconds, as its name says."""
+def seconds_from_env(variable: str, default: float, *, least: float = 0) -> float:
+    """A JOBS_*_SECONDS variable: plain seconds, as its name says, at least `least`."""
     from .durations import parse_seconds
     from .errors import InvalidInput
 
@@ -85,8 +97,8 @@ def seconds_from_env(variable: str, default: float, *, positive: bool = False) -
         seconds = parse_seconds(text)
     except ValueError as exc:
         raise InvalidInput(f"{variable}: {exc}") from None
-    if positive and seconds <= 0:
-        raise InvalidInput(f"{variable}: must be more than 0, not {text!r}")
+    if seconds < least:
+        raise InvalidInput(f"{variable}: must be at least {least:g}, not {text!r}")
     return seconds
 
 

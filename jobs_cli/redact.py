@@ -37,7 +37,9 @@ def redact(argument: str) -> str:
 
 
 def recorded_command(command: Sequence[str]) -> str:
-    """The command line as `run` records it: shell-quoted, passwords masked."""
+    """The command line as `run` records it: shell-quoted, passwords masked, and bytes
+    that are not UTF-8 (a latin-1 file name) shown as U+FFFD, as in the output tail:
+    the command itself still gets its arguments byte for byte."""
     masked = [MASK if _PASSWORD_OPTION.fullmatch(previous) else redact(argument)
               for previous, argument in zip(["", *command], command)]
-    return shlex.join(masked)
+    return shlex.join(masked).encode("utf-8", "surrogateescape").decode("utf-8", "replace")

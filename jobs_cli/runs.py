@@ -28,6 +28,10 @@ if TYPE_CHECKING:
 # Keeps a name, with the rest of an index entry, within a btree page's limit,
 # and names readable in a table.
 MAX_NAME_LENGTH = 255
+# A cursor travels to the next run as JOBS_LAST_CURSOR: one environment string
+# may hold 128 KiB (MAX_ARG_STRLEN), and a larger one would keep every later run
+# of the job from starting at all.
+MAX_CURSOR_BYTES = 64 * 1024
 MAX_LOOKBACK = 36500 * 86400  # a century, as durations
 
 
@@ -207,8 +211,26 @@ def _run_cursor(conn: "psycopg.Connection", template: str, schema: str,
 
 # -- validation ---------------------------------------------------------------
 
+def validate_text(text: str | None, what: str) -> str | None:
+    """A message, source or destination: any text PostgreSQL can store, kept exactly."""
+    if text is None:
+        return None
+    if not isinstance(text, str):
+        raise InvalidInput(f"{what} must be text, not {type(text).__name__}")
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        # Bytes that are not UTF-8 on the command line arrive as lone surrogates.
+        raise InvalidInput(f"{what} {text[:40]!r}… is not valid UTF-8") from None
+    if "\0" in text:
+        raise InvalidInput(f"{what} contains a NUL character, which PostgreSQL cannot store")
+    return text
+
+
 def validate_name(name: str) -> str:
     """Reject names a person could not tell apart or type; keep every other name exactly."""
+    if not isinstance(name, str):
+        raise InvalidInput(f"job name must be text, not {type(name).__name__}")
     if not name or not name.strip():
         raise InvalidInput("job name must not be empty")
     try:
@@ -258,6 +280,8 @@ def validate_cursor(cursor: str | None) -> str | None:
         raise InvalidInput(f"cursor {cursor[:40]!r} is not valid UTF-8") from None
     if any(unicodedata.category(ch) == "Cc" for ch in cursor):
         raise InvalidInput(f"cursor {cursor[:40]!r} contains a control character (newline, tab...)")
+    if len(cursor.encode()) > MAX_CURSOR_BYTES:
+        raise InvalidInput(f"cursor {cursor[:40]!r}… is longer than {MAX_CURSOR_BYTES} bytes")
     return cursor
 
 
@@ -285,8 +309,9 @@ def start_run(conn: "psycopg.Connection", schema: str, name: str, *, source: str
     Given the same `run_key` again (a retry after a lost connection), it
     returns the run inserted the first time instead of inserting another.
     """
-    params = {"name": validate_new_name(name), "source": source, "destination": destination,
-              "message": message, "run_key": run_key}
+    params = {"name": validate_new_name(name), "source": validate_text(source, "source"),
+              "destination": validate_text(destination, "destination"),
+              "message": validate_text(message, "message"), "run_key": run_key}
     run = fetch_run(conn, INSERT_RUN, schema, params) or run_by_key(conn, schema, run_key)
     assert run is not None
     return run
@@ -304,7 +329,7 @@ def end_run(conn: "psycopg.Connection", schema: str, run_id: str | int, status: 
     if status not in ENDED:
         raise InvalidInput(f"a run ends as {' or '.join(ENDED)}, not {status!r}")
     params = {"id": parse_run_id(run_id), "status": status,
-              "records": validate_records(records), "message": message,
+              "records": validate_records(records), "message": validate_text(message, "message"),
               "cursor": validate_cursor(cursor), "end_key": end_key}
     run = fetch_run(conn, END_RUN, schema, params)
     if run is None and end_key is not None:
@@ -475,8 +500,12 @@ claimed AS (
     INSERT INTO {{table}} (name, status, start_date, source, destination, host, pid, username,
                          command, heartbeat_at, lease_until, run_key, since_handed,
                          cursor_handed, upstream_handed, boot_id, wrapper_started, pgid)
-    SELECT %(name)s, 'in_progress', now(), %(source)s, %(destination)s, %(host)s, %(pid)s,
-           %(username)s, %(command)s, now(), now() + make_interval(secs => %(lease_seconds)s),
+    -- statement_timestamp(), not now(): the transaction began before it waited for
+    -- the name's lock, and a reset made meanwhile (at its clock_timestamp(), under
+    -- the same lock) must count as before this run, whose watermark it sets.
+    SELECT %(name)s, 'in_progress', statement_timestamp(), %(source)s, %(destination)s,
+           %(host)s, %(pid)s, %(username)s, %(command)s, statement_timestamp(),
+           statement_timestamp() + make_interval(secs => %(lease_seconds)s),
            %(run_key)s, to_timestamp({HANDED_SECONDS}), state.cursor,
            (SELECT array_agg(run_id ORDER BY ord) FROM upstream), %(boot_id)s,
            %(wrapper_started)s, %(pgid)s
@@ -627,7 +656,7 @@ def report_run(conn: "psycopg.Connection", schema: str, run_id: str | int, *,
                records: int | None, message: str | None, cursor: str | None = None) -> Run:
     """Set what the command reports about itself on its in_progress run."""
     params = {"id": parse_run_id(run_id), "records": validate_records(records),
-              "message": message, "cursor": validate_cursor(cursor)}
+              "message": validate_text(message, "message"), "cursor": validate_cursor(cursor)}
     return _update_in_progress(conn, REPORT_RUN, schema, params)
 
 

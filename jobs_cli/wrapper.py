@@ -42,7 +42,7 @@ from .recorder import LEASE_HEARTBEATS, Recorder
 from .redact import recorded_command
 from .ringbuffer import tail_text
 from .runs import (Claim, Invocation, Run, RunResult, iso_seconds, validate_lookback,
-                   validate_new_name, validate_upstream)
+                   validate_new_name, validate_text, validate_upstream)
 from .states import ERROR, SUCCESS
 from .supervise import Outcome, supervise
 from .watchdog import Watchdog
@@ -85,8 +85,8 @@ def wrap(command: Sequence[str], options: RunOptions, recorder: Recorder) -> int
     with Watchdog() as watchdog:
         me = this_wrapper()
         invocation = Invocation(
-            run_key=uuid.uuid4().hex, name=name, source=options.source,
-            destination=options.destination,
+            run_key=uuid.uuid4().hex, name=name, source=validate_text(options.source, "source"),
+            destination=validate_text(options.destination, "destination"),
             command=recorded_command(command) if options.record_command else None,
             host=me.host, pid=me.pid, username=current_username(), boot_id=me.boot_id,
             wrapper_started=me.wrapper_started, pgid=watchdog.pgid)

@@ -403,3 +403,28 @@ def test_history_of_a_job_without_successes(cli):
     # A bare header line in a pipe, as the other tables.
     assert (empty.returncode, empty.stdout.count("\n")) == (0, 1) and "loaded" in empty.stdout
     assert cli("history", "never", "--json").stdout == "[]\n"
+
+
+@pytest.mark.parametrize("script", [
+    "jobs-cli start a --message \"$(printf 'a\\377b')\"",
+    "jobs-cli start a --source \"$(printf '\\377')\"",
+    "JOBS_DESTINATION=\"$(printf '\\377')\" jobs-cli start a",
+])
+def test_text_that_is_not_utf8_is_a_usage_error(sh, conn, script):
+    result = sh(script)
+    assert result.returncode == 2 and "not valid UTF-8" in result.stderr
+    assert result.stderr.count("\n") == 1
+    assert conn.execute("SELECT count(*) FROM jobs").fetchone() == (0,)
+
+
+def test_a_cursor_too_long_to_hand_on_is_refused(cli, conn):
+    run_id = cli("start", "a").stdout.strip()
+    result = cli("finish", run_id, "--cursor", "c" * (64 * 1024 + 1))
+    assert result.returncode == 2 and "longer than 65536 bytes" in result.stderr
+    assert conn.execute("SELECT status FROM jobs").fetchone() == ("in_progress",)
+
+
+def test_a_relative_jobs_home_is_refused(cli):
+    result = cli("list", env={"JOBS_DATABASE_URL": "", "JOBS_HOME": "relative/home"})
+    assert result.returncode == 2
+    assert result.stderr == "jobs-cli: JOBS_HOME must be an absolute path, not 'relative/home'\n"

@@ -437,7 +437,7 @@ def test_a_run_ended_by_someone_else_stops_its_command_and_records_nothing(spawn
                                                                           tmp_path):
     wrapper = spawn("run", "--name", "k", "--", "sh", "-c",
                     "trap 'echo stopping >&2; exit 3' TERM; touch started; sleep 60 & wait",
-                    env={"JOBS_HEARTBEAT_SECONDS": "0.2"})
+                    env={"JOBS_HEARTBEAT_SECONDS": "1"})
     wait_until(lambda: (tmp_path / "started").exists(), what="the command")
     assert cli("fail", "1", "--message", "stuck, failed by hand").returncode == 0
     _, stderr = wrapper.communicate(timeout=30)
@@ -493,7 +493,7 @@ def stoppable(own_server, cli_env):
     with psycopg.connect(conninfo, autocommit=True) as conn:
         conn.execute("TRUNCATE jobs RESTART IDENTITY")
     cli_env.update(JOBS_DATABASE_URL=conninfo, JOBS_RETRY_SECONDS="1",
-                   JOBS_HEARTBEAT_SECONDS="0.2")
+                   JOBS_HEARTBEAT_SECONDS="1")
     return own_server
 
 
@@ -658,3 +658,40 @@ def test_no_record_command_records_none(cli, conn):
     result = cli("run", "--name", "a", "--no-record-command", "--", "true", "s3cret")
     assert result.returncode == 0, result.stderr
     assert rows(conn, "status, command") == [("success", None)]
+
+
+def test_a_run_that_waited_behind_a_reset_ends_the_reset_when_it_succeeds(spawn, cli, conn,
+                                                                          db_url):
+    """The run is handed the reset's watermark, so its success is the newer one."""
+    cli("run", "--name", "r", "--", "true")
+    cli("run", "--name", "r", "--", "true")
+
+    def waiting() -> int:
+        return conn.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"
+                            " AND NOT granted").fetchone()[0]
+
+    with psycopg.connect(db_url) as holder:  # a transaction holding the job's claim lock
+        holder.execute("SELECT pg_advisory_xact_lock(hashtextextended('public.jobs:r', 0))")
+        resetting = spawn("reset", "r", "--to", "1", "--yes")
+        wait_until(lambda: waiting() == 1, what="the reset to wait for the lock")
+        running = spawn("run", "--name", "r", "--", "sh", "-c", 'echo "$JOBS_LAST_SUCCESS"')
+        wait_until(lambda: waiting() == 2, what="the run to wait for the lock")
+    assert resetting.wait(timeout=60) == 0
+    handed, _ = running.communicate(timeout=60)
+    started = conn.execute("SELECT floor(extract(epoch FROM start_date))::bigint FROM jobs"
+                           " ORDER BY id").fetchall()
+    assert running.returncode == 0 and handed.decode().strip() == str(started[0][0])
+    assert cli("last-success", "r").stdout.strip() == str(started[2][0])
+
+
+def test_an_argument_that_is_not_utf8_still_runs_and_is_recorded_readably(cli_env, conn):
+    result = subprocess.run(["sh", "-c", "jobs-cli run --name a -- echo \"$(printf 'caf\\351')\""],
+                            env=cli_env, capture_output=True, timeout=60)
+    assert result.returncode == 0 and result.stdout == b"caf\xe9\n"
+    assert rows(conn, "command") == [("echo 'caf\ufffd'",)]
+
+
+def test_a_heartbeat_below_a_second_is_refused(cli, conn):
+    result = cli("run", "--name", "a", "--", "true", env={"JOBS_HEARTBEAT_SECONDS": "0.001"})
+    assert result.returncode == 2 and "must be at least 1" in result.stderr
+    assert rows(conn) == []

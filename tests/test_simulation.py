@@ -152,7 +152,7 @@ def test_a_two_job_chain_gated_with_after_loads_everything_once_upstream_succeed
     extract = ("run", "--name", "extract", "--lookback", "1h", "--", sys.executable,
                str(LOADER), "time", "src", "staging")
     load = ("run", "--name", "load", "--after", "extract", "--lookback", "1h", "--", "sh", "-c",
-            f'echo "$JOBS_UPSTREAM_RUNS" && exec "$0" "$@"', sys.executable, str(LOADER),
+            'echo "$JOBS_UPSTREAM_RUNS" && exec "$0" "$@"', sys.executable, str(LOADER),
             "time", "staging", "dwh")
 
     def staged() -> int:

@@ -18,7 +18,7 @@ import click
 from .. import config
 from ..config import seconds_from_env
 from ..durations import parse_duration, parse_positive_duration
-from ..errors import EXIT_ERROR, InvalidInput, JobsError
+from ..errors import EXIT_ERROR, JobsError
 
 
 class JobsGroup(click.Group):

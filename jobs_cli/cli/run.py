@@ -79,7 +79,8 @@ def run(ctx: click.Context, name: str, source: str, destination: str, timeout: f
         capture_stdout=capture_stdout, record_command=not hide_command,
         stop_on_lost_lease=stop_on_lost_lease,
         heartbeat_seconds=seconds_from_env(config.ENV_HEARTBEAT_SECONDS,
-                                           config.DEFAULT_HEARTBEAT_SECONDS, positive=True))
+                                           config.DEFAULT_HEARTBEAT_SECONDS,
+                                           least=config.MIN_HEARTBEAT_SECONDS))
     with recorder_for(ctx) as recorder:
         exit_code = wrap(command, options, recorder)
     ctx.exit(exit_code)
