@@ -450,7 +450,7 @@ def throughput_rows(report: Report, timer: Timer, sizes: Sizes) -> None:
                    "the command run directly", "≥ 0.98x", 0.98),
         "stderr": ("sh -c 'exec head -c {n} /dev/zero >&2' 2>&1 | cat >/dev/null",
                    run + " sh -c 'exec head -c {n} /dev/zero >&2' 2>&1 | cat >/dev/null",
-                   "`command 2>&1 | cat >/dev/null`", "≥ 1.0x", 1.0),
+                   "`command 2>&1 \\| cat >/dev/null`", "≥ 1.0x", 1.0),
     }
     print("throughput:", file=sys.stderr)
     for stream, (plain, wrapped, baseline, goal, limit) in shapes.items():
@@ -458,8 +458,8 @@ def throughput_rows(report: Report, timer: Timer, sizes: Sizes) -> None:
             ("plain", plain, size), ("plain0", plain, 0),
             ("wrapped", wrapped, size), ("wrapped0", wrapped, 0))})
         startup = f"{ms(found['wrapped0'] - found['plain0'])}"
-        measure = (f"{stream} throughput of `run`, {size // MIB:,} MiB through `| cat`, "
-                   f"net of start-up ({startup})")
+        measure = (f"{stream} throughput of `run`, {size // MIB:,} MiB through a pipe to "
+                   f"`cat`, net of start-up ({startup})")
         plain_net, wrapped_net = found["plain"] - found["plain0"], found["wrapped"] - found["wrapped0"]
         if min(plain_net, wrapped_net) <= 0:  # too few bytes to tell from the noise
             report.add(measure, baseline, "(too small to measure)", None, goal, None)
