@@ -26,7 +26,7 @@ import re
 import statistics
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING, Any, Iterator, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Iterator, TypeVar
 
 from . import runs
 from .config import DEFAULT_LIMIT
@@ -539,24 +539,40 @@ def snapshot(conn: "psycopg.Connection", schema: str, limit: int) -> Snapshot:
     return Snapshot(unfinished, ended, datetime.now(timezone.utc))
 
 
-def snapshots(conn: "psycopg.Connection", schema: str, limit: int,
+def snapshots(connect: Callable[[], "psycopg.Connection"], schema: str, limit: int,
               interval: float) -> Iterator[Snapshot]:
     """A snapshot now, then another whenever the table changes, and at least every
     `interval` seconds (ages move, and a lease runs out without any write).
 
-    Through a pooler only every `interval`: see `behind_a_pooler`.
+    Through a pooler only every `interval`: see `behind_a_pooler`. A connection
+    lost on the way (the server restarted) is opened again with `connect`, which
+    waits for the database as it sees fit and raises when it gives up.
     """
+    import psycopg
     from psycopg import sql
 
-    if not behind_a_pooler(conn):
-        conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(NOTIFY_CHANNEL)))
-    while True:
-        yield snapshot(conn, schema, limit)
-        for _ in conn.notifies(timeout=interval, stop_after=1):
-            pass
-        # A burst of changes (a wrapper's start, its records, its end) is one redraw.
-        for _ in conn.notifies(timeout=0):
-            pass
+    conn = None
+    try:
+        while True:
+            try:
+                if conn is None:
+                    conn = connect()
+                    if not behind_a_pooler(conn):
+                        conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(NOTIFY_CHANNEL)))
+                yield snapshot(conn, schema, limit)
+                for _ in conn.notifies(timeout=interval, stop_after=1):
+                    pass
+                # A burst of changes (a wrapper's start, its records, its end) is one redraw.
+                for _ in conn.notifies(timeout=0):
+                    pass
+            except psycopg.OperationalError:
+                if conn is None or not conn.broken:
+                    raise
+                conn.close()
+                conn = None
+    finally:
+        if conn is not None:
+            conn.close()
 
 
 def behind_a_pooler(conn: "psycopg.Connection") -> bool:

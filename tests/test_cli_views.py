@@ -375,6 +375,24 @@ def test_a_job_that_never_succeeded_says_so_on_a_terminal(cli_env):
     assert b"jobs-cli: 'never_ran' has never succeeded" in terminal.seen
 
 
+def test_watch_carries_on_when_the_server_restarts(cli_env, home):
+    embedded = {key: value for key, value in cli_env.items() if key != "JOBS_DATABASE_URL"}
+
+    def jobs_cli(*args: str) -> None:
+        subprocess.run(["jobs-cli", *args], env=embedded, check=True, capture_output=True,
+                       timeout=120)
+
+    jobs_cli("start", "before_restart")
+    with on_a_terminal(embedded, "watch", "--interval", "1s") as terminal:
+        terminal.read_until(b"before_restart")
+        jobs_cli("server", "stop")
+        jobs_cli("server", "start")
+        jobs_cli("start", "after_restart")
+        terminal.read_until(b"after_restart", timeout=60)
+        assert terminal.ctrl_c() == 0
+    assert b"Traceback" not in terminal.seen
+
+
 def test_watch_is_plain_under_no_color(cli_env, conn):
     add_run(conn, "before_watch")
     with on_a_terminal({**cli_env, "NO_COLOR": "1"}, "watch", "--interval", "1m") as terminal:

@@ -213,6 +213,7 @@ def watch(ctx: click.Context, interval: float, limit: int, utc: bool) -> None:
     Example:
       jobs-cli watch --interval 5s
     """
+    from ..db import open_connection, patiently, translated_errors
     from ..monitor import snapshots
     from ..render import watch as draw
 
@@ -220,8 +221,9 @@ def watch(ctx: click.Context, interval: float, limit: int, utc: bool) -> None:
         raise InvalidInput("watch redraws a terminal; for output to a file or a pipe use "
                            "`jobs-cli list` (or `status`)")
     try:
-        with connection(ctx) as conn:
-            draw(snapshots(conn, ctx.obj.schema, limit, interval), utc)
+        with translated_errors(ctx.obj):
+            draw(snapshots(lambda: patiently(ctx.obj, open_connection), ctx.obj.schema, limit,
+                           interval), utc)
     except KeyboardInterrupt:
         pass  # how a watch ends
 
