@@ -36,7 +36,7 @@ from typing import Mapping, Sequence
 
 from . import config
 from .db import Database
-from .errors import DatabaseError, Fenced, NotStarted, Overlap, UpstreamNotReady
+from .errors import DatabaseUnavailable, Fenced, NotStarted, Overlap, UpstreamNotReady
 from .fencing import this_wrapper
 from .recorder import LEASE_HEARTBEATS, Recorder
 from .redact import recorded_command
@@ -154,7 +154,10 @@ def _claim(invocation: Invocation, options: RunOptions, recorder: Recorder,
                 invocation, lease_seconds=LEASE_HEARTBEATS * options.heartbeat_seconds,
                 allow_overlap=options.on_overlap == config.ALLOW, lookback=options.lookback,
                 after=options.after)
-        except DatabaseError as error:
+        except DatabaseUnavailable as error:
+            # Only a database that cannot be reached: one that refuses the run (no
+            # table, no permission) would refuse its result too, so that error
+            # stands (exit 1) and nothing runs, --fail-open or not.
             if not options.fail_open:
                 raise NotStarted(f"{error}; {options.name!r} not run "
                                  "(--fail-open would run it anyway)") from None

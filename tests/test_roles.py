@@ -8,7 +8,6 @@ jobs_reader themselves stay (they hold grants in other tests' databases).
 from __future__ import annotations
 
 import itertools
-import os
 
 import psycopg
 import pytest
@@ -88,7 +87,7 @@ def test_a_writer_cannot_erase_or_change_the_schema(conn, login_role):
     assert conn.execute("SELECT count(*) FROM jobs").fetchone() == (1,)
 
 
-def test_a_reader_sees_everything_and_writes_nothing(cli, conn, login_role):
+def test_a_reader_sees_everything_and_writes_nothing(cli, conn, login_role, tmp_path):
     assert cli("start", "a").returncode == 0
     reader = login_role(READER)
     env = {"JOBS_DATABASE_URL": reader}
@@ -105,8 +104,12 @@ def test_a_reader_sees_everything_and_writes_nothing(cli, conn, login_role):
         assert result.stderr == (f"jobs-cli: permission denied for table {table} (role {role!r} "
                                  f"lacks it: members of {WRITER} may record runs, members of "
                                  f"{READER} only read them)\n")
-    refused = cli("run", "--name", "b", "--", "true", env=env)
-    assert refused.returncode == 69 and refused.stderr.count("\n") == 1
+    # Refused, not unreachable: nothing runs, --fail-open or not, and nothing is spooled.
+    for fail_open in ((), ("--fail-open",)):
+        refused = cli("run", "--name", "b", *fail_open, "--", "touch", str(tmp_path / "ran"),
+                      env=env)
+        assert refused.returncode == 1 and refused.stderr.count("\n") == 1
+        assert "permission denied" in refused.stderr and not (tmp_path / "ran").exists()
     assert conn.execute("SELECT name, status FROM jobs").fetchall() == [("a", "in_progress")]
 
 
