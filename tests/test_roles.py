@@ -8,6 +8,7 @@ jobs_reader themselves stay (they hold grants in other tests' databases).
 from __future__ import annotations
 
 import itertools
+import os
 
 import psycopg
 import pytest
