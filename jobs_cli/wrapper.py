@@ -92,8 +92,10 @@ def wrap(command: Sequence[str], options: RunOptions, recorder: Recorder) -> int
             wrapper_started=me.wrapper_started, pgid=watchdog.pgid)
         claim, claimed_at = _claim(invocation, options, recorder, deadline)
         # A claimed run started at the claim, by the server's clock; an unclaimed one
-        # starts with the command, by this host's.
-        started_at = claimed_at if claim else time.monotonic()
+        # starts with the command, by this host's. Either way its length is counted
+        # from here: the time to reach the database (a server starting, a retry)
+        # came before the server's start_date and must not lengthen the run.
+        started_at = time.monotonic()
         started_here = datetime.now(timezone.utc)
         outcome = _supervise(command, options, recorder, claim, claimed_at, deadline, watchdog)
     if outcome.fenced:
