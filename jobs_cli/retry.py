@@ -9,8 +9,9 @@ Classification is by SQLSTATE, never by message text (messages are localised):
 
     retried (transient)                        not retried (permanent)
     no SQLSTATE: no answer from the server     28P01 wrong password, 28000 rejected
-      (refused, no socket, timed out, the      3D000 no such database
-      connection lost mid-statement)           42P01 no such table, 42501 permission
+      (refused, no socket, timed out, the      3D000 no such database, and no password
+      connection lost mid-statement)             to give when the server asks for one
+                                               42P01 no such table, 42501 permission
     08xxx connection exceptions                22xxx/23xxx bad data, constraints
     53xxx insufficient resources (53300        ... and every other SQLSTATE
       too many connections)
@@ -202,6 +203,10 @@ def _wait_connected(pgconn: Any, deadline: float) -> None:
             select.select([], sockets, [], min(remaining, 3600))
     message = pgconn.get_error_message()
     error_class = psycopg.OperationalError
+    if pgconn.needs_password:
+        # The server asked for a password and libpq had none: no SQLSTATE (libpq's
+        # own refusal), but waiting cannot mend it any more than a wrong one.
+        error_class = psycopg.errors.InvalidPassword
     for state in _VERBOSE_SQLSTATE.findall(message)[-1:]:
         try:
             error_class = psycopg.errors.lookup(state)

@@ -5,11 +5,12 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import psycopg
 import pytest
-from conftest import BIN_DIR, private_dir, wait_until
+from conftest import BIN_DIR, NO_WAITING, private_dir, wait_until
 from psycopg.conninfo import make_conninfo
 
 from jobs_cli import Job, runs
@@ -203,6 +204,7 @@ def write_private(path: Path, text: str) -> Path:
 def jobs_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("JOBS_", "PG"))}
     clean["PATH"] = f"{BIN_DIR}{os.pathsep}{clean.get('PATH', '')}"
+    clean.update(NO_WAITING)
     return subprocess.run(["jobs-cli", *args], env={**clean, **env}, capture_output=True,
                           text=True, timeout=60)
 
@@ -214,7 +216,10 @@ def test_password_files_work_and_password_variables_do_not(password_server, user
     elsewhere = write_private(tmp_path / "pgpass", "*:*:jobs:etl:s3cret\n")
 
     for variable in ({"PGPASSWORD": "s3cret"}, {"PGPASSFILE": str(elsewhere)}):
-        refused = jobs_cli({**env, **variable}, "start", "a")
+        # No password is no reason to wait for the database.
+        began = time.monotonic()
+        refused = jobs_cli({**env, **variable, "JOBS_START_RETRY_SECONDS": "30"}, "start", "a")
+        assert time.monotonic() - began < 25
         assert refused.returncode == 1 and "password" in refused.stderr, refused.stderr
     passfile = jobs_cli({**env, "JOBS_DATABASE_URL": f"{url} passfile={elsewhere}"}, "start", "a")
     assert passfile.returncode == 0 and passfile.stdout.strip().isdigit(), passfile.stderr
