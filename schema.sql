@@ -64,6 +64,20 @@ ALTER TABLE jobs ADD COLUMN IF NOT EXISTS pgid            integer;
 -- finds the run ended by itself (the same key) and succeeds; anyone else's
 -- finish of an ended run is refused.
 ALTER TABLE jobs ADD COLUMN IF NOT EXISTS end_key      text;
+-- True when the reaper ended the run because its wrapper stopped heartbeating
+-- (never read from the message, which anyone may write). Rows that existed
+-- before this column hold NULL: for them the message still decides (see
+-- runs.ABANDONED), so no row is rewritten; every row written since has a value.
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_attribute
+                   WHERE attrelid = 'jobs'::regclass AND attname = 'abandoned'
+                     AND NOT attisdropped) THEN
+        ALTER TABLE jobs ADD COLUMN abandoned boolean;
+        ALTER TABLE jobs ALTER COLUMN abandoned SET DEFAULT false;
+    END IF;
+END
+$$;
 
 -- Incremental loads (see README); before jobs_latest, whose * is expanded
 -- when the view is created. What `jobs-cli run` handed its command:

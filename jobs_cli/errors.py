@@ -7,6 +7,10 @@ own usage errors in `cli.main`).
 
 from __future__ import annotations
 
+import signal
+from contextlib import contextmanager
+from typing import Iterator
+
 EXIT_ERROR = 1
 EXIT_USAGE = 2
 EXIT_NO_SUCCESS = 3
@@ -101,3 +105,37 @@ class Fenced(JobsError):
     command ran; the command was stopped and nothing recorded over that decision."""
 
     exit_code = EXIT_FENCED
+
+
+class Interrupted(BaseException):
+    """A signal ended the command: Ctrl-C anywhere, SIGTERM or SIGHUP where a command
+    asks for it (`signals_interrupt`). One line and exit 128+N, as a shell reports it.
+
+    A BaseException, as KeyboardInterrupt is, so that no `except Exception` on the
+    way out swallows it; click does not catch it either.
+    """
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+        self.exit_code = 128 + signum
+
+    def __str__(self) -> str:
+        if self.signum == signal.SIGINT:
+            return "interrupted"
+        return f"interrupted by {signal.Signals(self.signum).name}"
+
+
+@contextmanager
+def signals_interrupt(*signums: int) -> Iterator[None]:
+    """Within the block, the given signals raise Interrupted, so that `with` blocks
+    on the way out (a live display hiding the cursor) clean up before the exit."""
+    def interrupt(signum: int, frame: object) -> None:
+        raise Interrupted(signum)
+
+    previous = {signum: signal.signal(signum, interrupt) for signum in signums}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)

@@ -350,6 +350,8 @@ def print_run(run: RunView, utc: bool) -> None:
         return Text(printable("-" if text is None or text == "" else str(text)))
 
     status = run.status if run.state == run.status else f"{run.status} ({run.state})"
+    if run.abandoned:
+        status = f"{status} (abandoned: its wrapper stopped heartbeating)"
     for label, shown in (
         ("id", value(run.id)), ("name", value(run.name)),
         ("status", Text(printable(status or "-"), style=STATE_STYLES.get(run.state or "", ""))),

@@ -62,6 +62,8 @@ class Run:
     cursor_handed: str | None = None
     # `run --after`: the upstream runs it consumed, in --after order.
     upstream_handed: list[int] | None = None
+    # Ended by the reaper because its wrapper stopped heartbeating (see ABANDONED).
+    abandoned: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready: timestamps as ISO-8601 in UTC."""
@@ -118,7 +120,8 @@ SET status = %(status)s,
     records_processed = coalesce(%(records)s, records_processed),
     message = coalesce(%(message)s, message),
     cursor = coalesce(%(cursor)s, cursor),
-    end_key = %(end_key)s
+    end_key = %(end_key)s,
+    abandoned = false
 WHERE id = %(id)s AND status = 'in_progress'
 RETURNING {columns}
 """
@@ -179,6 +182,26 @@ HANDED_SECONDS = "(floor(extract(epoch FROM state.watermark))::bigint - %(lookba
 NEXT_WATERMARK = f"WITH {WATERMARK_STATE}\nSELECT {HANDED_SECONDS} AS since, cursor FROM state"
 
 
+# Whether the reaper declared a run abandoned is the `abandoned` column, set by
+# the reaper alone (never read back from the message, which anyone may write:
+# `jobs-cli fail ID --message "abandoned: ..."` is an ordinary failure). The
+# column came after the first release; rows that ended before it existed hold
+# NULL, and for them only the old rule can tell: an error without an exit
+# code whose message the reaper began with "abandoned:". Every row written
+# since holds true or false (false by default; finishing or failing a run
+# sets false), so NULL never describes a run ended by this version.
+ABANDONED = ("coalesce(abandoned, status = 'error' AND exit_code IS NULL"
+             " AND left(message, 10) = 'abandoned:')")
+
+
+def _column(name: str) -> "sql.Composable":
+    from psycopg import sql
+
+    if name == "abandoned":
+        return sql.SQL(f"{ABANDONED} AS abandoned")
+    return sql.Identifier(name)
+
+
 @cache
 def statement(template: str, schema: str) -> "sql.Composed":
     from psycopg import sql
@@ -187,7 +210,8 @@ def statement(template: str, schema: str) -> "sql.Composed":
         table=sql.Identifier(schema, "jobs"),
         summary=sql.Identifier(schema, "jobs_summary"),
         resets=sql.Identifier(schema, "jobs_resets"),
-        columns=sql.SQL(", ").join(sql.Identifier(name) for name in RUN_COLUMNS),
+        columns=sql.SQL(", ").join(_column(name) for name in RUN_COLUMNS),
+        abandoned=sql.SQL(f"({ABANDONED})"),
         **{state: sql.SQL(f"({condition})")
            for state, condition in (*LIVENESS.items(), *FENCED_LIVENESS.items())},
     )
@@ -543,6 +567,7 @@ RETURNING {columns}
 REAP_RUNS = """
 UPDATE {table}
 SET status = 'error',
+    abandoned = true,
     -- A dead run ended at its last proof of life, not when someone noticed.
     end_date = CASE WHEN lease_until IS NULL THEN greatest(now(), start_date)
                     ELSE greatest(heartbeat_at, start_date) END,
@@ -573,7 +598,9 @@ ON CONFLICT (run_key) WHERE run_key IS NOT NULL DO NOTHING
 
 # The wrapper's final word. The status guard makes a replayed result count
 # once. It overrules a reaper that took the run for abandoned (its heartbeats
-# could not reach the database) but not anyone else who ended it. A success
+# could not reach the database; the `abandoned` flag, see ABANDONED) but not
+# anyone else who ended it, whatever their message says; the run is then no
+# longer abandoned, and its message tells the story. A success
 # keeps the reported message; an error says what happened first, then the
 # reported message, then the output tail. Overruling, both say what happened
 # and that it was "recorded after being marked abandoned: …" (the reaper's
@@ -582,6 +609,7 @@ ON CONFLICT (run_key) WHERE run_key IS NOT NULL DO NOTHING
 RECORD_RESULT = """
 UPDATE {table}
 SET status = %(status)s,
+    abandoned = false,
     end_date = start_date + make_interval(secs => %(elapsed)s),
     exit_code = %(exit_code)s,
     output = %(output)s,
@@ -595,8 +623,7 @@ SET status = %(status)s,
                                        THEN nullif(rtrim(%(output)s, E'\\n'), '') END)
               END
 WHERE run_key = %(run_key)s
-  AND (status = 'in_progress'
-       OR (status = 'error' AND exit_code IS NULL AND message LIKE 'abandoned:%%'))
+  AND (status = 'in_progress' OR (status = 'error' AND exit_code IS NULL AND {abandoned}))
 RETURNING {columns}
 """
 

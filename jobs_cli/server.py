@@ -171,12 +171,14 @@ class EmbeddedServer:
 
     def status(self) -> ServerStatus:
         """Where the cluster is and whether it runs; reads only, takes no lock."""
-        pid = self._postmaster_pid()
-        address = self.address() if pid else None
+        with self._home_errors():
+            pid = self._postmaster_pid()
+            address = self.address() if pid else None
+            initialized = self._initialized()
         return ServerStatus(
             home=self.home,
             data_dir=self.data_dir,
-            initialized=self._initialized(),
+            initialized=initialized,
             running=pid is not None,
             pid=pid,
             url=url_for(*address) if address else None,
@@ -188,9 +190,19 @@ class EmbeddedServer:
     @contextmanager
     def _lock(self) -> Iterator[None]:
         self._make_dir(self.home, None)
-        with open(self.home / "server.lock", "a") as handle:
+        with self._home_errors(), open(self.home / "server.lock", "a") as handle:
             fcntl.flock(handle, fcntl.LOCK_EX)
             yield
+
+    @contextmanager
+    def _home_errors(self) -> Iterator[None]:
+        """A file under JOBS_HOME that cannot be used (an unwritable JOBS_HOME, or
+        another user's) is one ServerError, not a traceback."""
+        try:
+            yield
+        except OSError as exc:
+            raise ServerError(f"cannot use {exc.filename or self.home}: {exc.strerror} "
+                              f"({config.ENV_HOME} is {self.home})") from None
 
     def _server_user(self) -> pwd.struct_passwd | None:
         """The account the server runs as when we are root; None otherwise.

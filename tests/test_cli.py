@@ -4,10 +4,19 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import unicodedata
 
+import psycopg
 import pytest
+from click.testing import CliRunner
+from conftest import ROOT, wait_until
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+
+from jobs_cli.cli import cli as jobs_cli
 
 
 def test_done_when_sentence(sh, conn):
@@ -428,3 +437,137 @@ def test_a_relative_jobs_home_is_refused(cli):
     result = cli("list", env={"JOBS_DATABASE_URL": "", "JOBS_HOME": "relative/home"})
     assert result.returncode == 2
     assert result.stderr == "jobs-cli: JOBS_HOME must be an absolute path, not 'relative/home'\n"
+
+
+# -- Ctrl-C ------------------------------------------------------------------------------
+
+def interrupted_once(process: subprocess.Popen) -> None:
+    _, stderr = process.communicate(timeout=60)
+    assert (process.returncode, stderr) == (130, b"jobs-cli: interrupted\n")
+
+
+def test_the_programs_are_the_guarded_entry_point():
+    project = (ROOT / "pyproject.toml").read_text()
+    for script in ("jobs-cli", "jobs"):
+        assert f'\n{script} = "jobs_cli.entry:main"\n' in project
+    assert (ROOT / "jobs_cli" / "__main__.py").read_text().startswith("from .entry import main")
+
+
+def test_ctrl_c_while_the_tool_is_still_importing_is_one_line(cli_env, tmp_path):
+    # A stand-in for click holds the import until the test has sent Ctrl-C.
+    shim, importing = tmp_path / "shim", tmp_path / "importing"
+    (shim / "click").mkdir(parents=True)
+    (shim / "click" / "__init__.py").write_text(
+        f"import pathlib, time\npathlib.Path({str(importing)!r}).touch()\n"
+        "while True:\n    time.sleep(0.01)\n")
+    process = subprocess.Popen([sys.executable, "-m", "jobs_cli", "start", "a"],
+                               env={**cli_env, "PYTHONPATH": str(shim)},
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    wait_until(importing.exists, what="the import")
+    process.send_signal(signal.SIGINT)
+    interrupted_once(process)
+
+
+def test_ctrl_c_while_waiting_for_the_database_is_one_line(cli_env, conn):
+    with psycopg.connect(conn.info.dsn) as holder:
+        holder.execute("LOCK TABLE jobs IN ACCESS EXCLUSIVE MODE")
+        process = subprocess.Popen(["jobs-cli", "start", "a"], env=cli_env,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        wait_until(lambda: conn.execute(
+            "SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = 'jobs'::regclass"
+        ).fetchone()[0], what="start to wait for the table")
+        process.send_signal(signal.SIGINT)
+        interrupted_once(process)
+    assert conn.execute("SELECT count(*) FROM jobs").fetchone() == (0,)
+
+
+# -- names and messages of any Unicode, round trip ----------------------------------------
+
+# Repeatable in CI and free of timing failures; one database serves every example.
+PROPERTIES = settings(deadline=None, derandomize=True, database=None,
+                      suppress_health_check=[HealthCheck.function_scoped_fixture])
+# Any code point, lone surrogates included (bytes on a command line that were not UTF-8).
+ANY_CHARACTER = st.characters(exclude_categories=())
+ANY_TEXT = st.text(ANY_CHARACTER, max_size=30)
+
+
+def refused_name(name: str) -> bool:
+    """What the tool refuses in a name by design: nothing to see, a control character
+    (NUL included), not UTF-8, or too long for a new run."""
+    return (not name.strip() or len(name) > 255 or not encodable(name)
+            or any(unicodedata.category(ch) == "Cc" for ch in name))
+
+
+def refused_text(text: str) -> bool:
+    """What the tool refuses in a message: what PostgreSQL cannot store."""
+    return "\0" in text or not encodable(text)
+
+
+def encodable(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def refused_in_one_line(stdout: str, stderr: str, what: str) -> None:
+    assert stdout == "" and stderr.count("\n") == 1, stderr
+    assert stderr.startswith(f"jobs-cli: {what}") and "Traceback" not in stderr
+
+
+@settings(PROPERTIES, max_examples=60)
+@given(name=st.text(ANY_CHARACTER, max_size=12), message=ANY_TEXT, final=ANY_TEXT)
+@example(name="x" * 256, message="", final="")
+@example(name="orders", message="a\0b", final="")
+@example(name="orders", message="caf\udce9", final="")
+@example(name="-orders", message="--json", final="'; DROP TABLE jobs; --\u202e\r\n")
+def test_names_and_messages_round_trip_through_start_finish_and_show(db_url, home, name,
+                                                                     message, final):
+    """In process (Click's runner), for many examples; the shell's part is below."""
+    env = {"JOBS_DATABASE_URL": db_url, "JOBS_HOME": str(home)}
+
+    def invoke(*args: str):
+        return CliRunner().invoke(jobs_cli, list(args), env=env)
+
+    started = invoke("start", "--message", message, "--json", "--", name)
+    if refused_name(name) or refused_text(message):
+        assert started.exit_code == 2
+        refused_in_one_line(started.stdout, started.stderr,
+                            "job name" if refused_name(name) else "message")
+        return
+    assert started.exit_code == 0, started.stderr
+    run = json.loads(started.stdout)
+    assert (run["name"], run["message"]) == (name, message)
+    finished = invoke("finish", str(run["id"]), "--message", final, "--json")
+    if refused_text(final):
+        assert finished.exit_code == 2
+        refused_in_one_line(finished.stdout, finished.stderr, "message")
+        return
+    assert finished.exit_code == 0, finished.stderr
+    shown = json.loads(invoke("show", str(run["id"]), "--json").stdout)
+    assert (shown["name"], shown["message"], shown["status"]) == (name, final, "success")
+
+
+# What a command line can carry: no NUL; bytes that are not UTF-8 arrive as surrogates.
+ARGUMENT = st.text(st.characters(exclude_categories=("Cs",), exclude_characters="\0"),
+                   min_size=1, max_size=20)
+SHELL_ROUND_TRIP = ('id=$(jobs-cli start --message "$MESSAGE" -- "$NAME") && '
+                    'jobs-cli finish "$id" --message "$FINAL" >/dev/null && '
+                    'jobs-cli show "$id" --json')
+
+
+@settings(PROPERTIES, max_examples=4)
+@given(name=ARGUMENT, message=ARGUMENT, final=ARGUMENT)
+@example(name="caf\udce9", message="x", final="x")  # a Latin-1 name, as the shell passes it
+def test_names_and_messages_round_trip_through_the_shell(cli_env, name, message, final):
+    env = {**cli_env, "NAME": name, "MESSAGE": message, "FINAL": final}
+    result = subprocess.run(["sh", "-c", SHELL_ROUND_TRIP], env=env, capture_output=True,
+                            text=True, timeout=120)
+    if refused_name(name):
+        assert result.returncode == 2
+        refused_in_one_line(result.stdout, result.stderr, "job name")
+        return
+    assert result.returncode == 0, result.stderr
+    shown = json.loads(result.stdout)
+    assert (shown["name"], shown["message"], shown["status"]) == (name, final, "success")

@@ -13,6 +13,7 @@ from datetime import datetime, timedelta, timezone
 
 import psycopg
 import pytest
+from conftest import wait_until
 
 from jobs_cli import runs, spool
 from jobs_cli.db import Database
@@ -118,7 +119,7 @@ def test_a_claim_reaps_the_dead_run_of_its_name(make_recorder, conn, told):
     claimed = claim(make_recorder())
     assert claimed.run is not None and [run.id for run in claimed.abandoned] == [dead.id]
     status, message = row(conn, dead.id, "status, message")
-    assert status == "error"
+    assert (status, row(conn, dead.id, "abandoned")[0]) == ("error", True)
     assert message.startswith("abandoned: no heartbeat since ")
     assert "from pid 4242 on etl1" in message
     assert row(conn, other.id, "status")[0] == "in_progress"
@@ -195,7 +196,32 @@ def test_the_real_result_overrules_an_abandoned_verdict(recorder, conn, exit_cod
     assert run.message.startswith(f"exit code {exit_code}; recorded after being marked "
                                   "abandoned: no heartbeat since ")
     assert run.message.endswith(f"; half done{tail}")
-    assert run.output == "boom\n"
+    assert run.output == "boom\n" and not run.abandoned
+
+
+def test_a_failure_by_hand_that_says_abandoned_is_not_overruled(recorder, conn, told):
+    """Only the reaper's flag lets the real result overrule, not a message anyone can write."""
+    called = invocation()
+    claimed = claim(recorder, called)
+    runs.end_run(conn, SCHEMA, claimed.run.id, ERROR, message="abandoned: by hand")
+    run = recorder.record(result(claimed, called))
+    assert (run.status, run.message, run.exit_code, run.abandoned) == (
+        "error", "abandoned: by hand", None, False)
+    assert told[-1].endswith("by someone else; its outcome (exit code 0) is not recorded")
+
+
+@pytest.mark.parametrize("message, overruled", [
+    ("abandoned: no heartbeat since 2024-05-01T06:00:00Z", True), ("stopped by hand", False)])
+def test_rows_from_before_the_flag_are_judged_by_their_message(recorder, conn, message,
+                                                                overruled):
+    called = invocation()
+    claimed = claim(recorder, called)
+    # As a reaper or `fail` of the version before the abandoned column left it.
+    conn.execute("UPDATE jobs SET status = 'error', end_date = now(), message = %s,"
+                 " abandoned = NULL", (message,))
+    assert runs.get_run(conn, SCHEMA, claimed.run.id).abandoned == overruled
+    run = recorder.record(result(claimed, called))
+    assert (run.status, run.abandoned) == (SUCCESS if overruled else ERROR, False)
 
 
 def test_a_run_someone_else_ended_is_left_as_it_is(recorder, conn, told):
@@ -277,7 +303,9 @@ def test_a_result_neither_database_nor_spool_takes_is_an_error(make_recorder, tm
 def test_a_signal_while_retrying_spools_at_once(make_recorder, home, told):
     recorder = make_recorder(Database(url=UNREACHABLE, home=home), retry_seconds=60)
     handler = signal.getsignal(signal.SIGTERM)
-    threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGTERM)).start()
+    # Once it says it is retrying, its handler is in place.
+    threading.Thread(target=lambda: (wait_until(lambda: told), os.kill(os.getpid(), signal.SIGTERM)),
+                     daemon=True).start()
     began = time.monotonic()
     assert recorder.record(result(None, invocation())) is None
     assert time.monotonic() - began < 30

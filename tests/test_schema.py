@@ -75,6 +75,23 @@ def test_adopted_table_serves_last_success_and_latest_view(original):
     assert latest == {"good": 1, "odd": 4}
 
 
+def test_adopted_rows_are_not_rewritten_for_the_abandoned_flag(original):
+    """Old rows keep NULL (judged by their message); rows written since hold a value."""
+    original.execute("INSERT INTO api.jobs (name, start_date, end_date, message, status,"
+                     " source, destination) VALUES ('reaped', now(), now(),"
+                     " 'abandoned: no heartbeat since 2018-05-01T15:00:00Z', 'error', '', '')")
+    apply_schema(original, "api")
+    assert original.execute("SELECT count(*) FROM api.jobs WHERE abandoned IS NOT NULL"
+                            ).fetchone() == (0,)
+    assert runs.get_run(original, "api", 5).abandoned is True
+    assert runs.get_run(original, "api", 1).abandoned is False
+    run = runs.start_run(original, "api", "new")
+    ended = runs.end_run(original, "api", run.id, "error", message="abandoned: by hand")
+    assert ended.abandoned is False
+    assert original.execute("SELECT abandoned FROM api.jobs WHERE id = %s",
+                            (run.id,)).fetchone() == (False,)
+
+
 def test_reapplying_is_idempotent_and_validates_mended_rows(original):
     apply_schema(original, "api")
     original.execute("UPDATE api.jobs SET status = 'error', records_processed = 0,"

@@ -230,6 +230,38 @@ def test_as_root_an_existing_cluster_runs_as_its_owner(env, home):
     assert (result.returncode, result.stdout) == (0, "2\n"), result.stderr
 
 
+# -- a JOBS_HOME one cannot use ---------------------------------------------------------
+
+def without_root_powers(argv: list[str]) -> list[str]:
+    """argv as root would run it without the capabilities that let it write anywhere."""
+    if os.geteuid() != 0:
+        return argv
+    dropped = "-dac_override,-dac_read_search"
+    return ["setpriv", "--bounding-set", dropped, "--inh-caps", dropped, "--", *argv]
+
+
+@pytest.mark.parametrize("foreign", [False, pytest.param(True, marks=as_root)])
+@pytest.mark.parametrize("args, code", [(["start", "a"], 1),
+                                        (["run", "--name", "a", "--", "true"], 69)])
+def test_a_home_one_cannot_write_is_one_line(env, home, foreign, args, code):
+    unusable = home / "unusable"
+    unusable.mkdir(mode=0o700 if foreign else 0o555)
+    if foreign:
+        os.chown(unusable, 65534, 65534)  # nobody's
+    result = subprocess.run(without_root_powers(["jobs-cli", *args]),
+                            env={**env, "JOBS_HOME": str(unusable)}, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == code
+    assert result.stderr.startswith(f"jobs-cli: cannot use {unusable}/server.lock: "
+                                    "Permission denied") and result.stderr.count("\n") == 1
+    if foreign:
+        status = subprocess.run(without_root_powers(["jobs-cli", "server", "status"]),
+                                env={**env, "JOBS_HOME": str(unusable)}, capture_output=True,
+                                text=True, timeout=120)
+        assert (status.returncode, status.stderr.count("\n")) == (1, 1)
+        assert status.stderr.startswith(f"jobs-cli: cannot use {unusable}/data/PG_VERSION: ")
+
+
 # -- JOBS_PG_BINDIR and JOBS_SERVER_USER ------------------------------------------------
 
 def test_a_server_that_cannot_start_means_69_unless_fail_open(env, home, tmp_path):

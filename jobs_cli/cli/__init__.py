@@ -16,7 +16,7 @@ import sys
 import click
 
 from .. import config
-from ..errors import EXIT_INTERRUPTED
+from ..errors import EXIT_INTERRUPTED, Interrupted
 from . import admin, recording, run, views, watermarks
 from .common import JobsGroup, tell
 
@@ -74,7 +74,8 @@ for command in (admin.init, admin.completion, recording.start, recording.finish,
 
 
 def main() -> None:
-    """Entry point: every failure, click's own included, is one line on stderr."""
+    """Every failure, click's own included, is one line on stderr (the program's
+    entry point, `entry.main`, runs this inside its guard against Ctrl-C)."""
     try:
         exit_code = cli.main(prog_name="jobs-cli", standalone_mode=False)
     except click.exceptions.NoArgsIsHelpError as exc:
@@ -93,4 +94,7 @@ def main() -> None:
     except click.Abort:
         click.echo("jobs-cli: interrupted", err=True)
         exit_code = EXIT_INTERRUPTED
+    except Interrupted as exc:
+        click.echo(f"jobs-cli: {exc}", err=True)
+        exit_code = exc.exit_code
     sys.exit(exit_code if isinstance(exit_code, int) else 0)

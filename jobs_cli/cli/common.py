@@ -9,6 +9,7 @@ loads neither.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from contextlib import contextmanager
 from typing import Iterator
@@ -18,15 +19,24 @@ import click
 from .. import config
 from ..config import seconds_from_env
 from ..durations import parse_duration, parse_positive_duration
-from ..errors import EXIT_ERROR, JobsError
+from ..errors import EXIT_ERROR, Interrupted, JobsError
 
 
 class JobsGroup(click.Group):
     """The single place where library errors become messages and exit codes."""
 
+    def make_context(self, *args, **kwargs) -> click.Context:
+        try:
+            return super().make_context(*args, **kwargs)
+        except KeyboardInterrupt:
+            raise Interrupted(signal.SIGINT) from None
+
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
+        except KeyboardInterrupt:
+            # Past click, whose own handling would add a blank line (see main).
+            raise Interrupted(signal.SIGINT) from None
         except JobsError as exc:
             if sys.stderr.isatty() or not getattr(exc, "quiet_off_terminal", False):
                 click.echo(f"jobs-cli: {exc}", err=True)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 
 import click
 
 from .. import config
-from ..errors import InvalidInput
+from ..errors import InvalidInput, signals_interrupt
 from ..states import STATUS_FILTERS
 from .common import DURATION, LIMIT, complete_job_names, connection, utc_option, view_json_option
 
@@ -221,7 +222,9 @@ def watch(ctx: click.Context, interval: float, limit: int, utc: bool) -> None:
         raise InvalidInput("watch redraws a terminal; for output to a file or a pipe use "
                            "`jobs-cli list` (or `status`)")
     try:
-        with translated_errors(ctx.obj):
+        # SIGTERM and SIGHUP leave through the live display, which shows the
+        # cursor again, and end as interrupted (see main).
+        with signals_interrupt(signal.SIGTERM, signal.SIGHUP), translated_errors(ctx.obj):
             draw(snapshots(lambda: patiently(ctx.obj, open_connection), ctx.obj.schema, limit,
                            interval), utc)
     except KeyboardInterrupt:

@@ -1,0 +1,53 @@
+"""The `jobs-cli` program's entry point: a Ctrl-C at any moment is one line.
+
+The console script imports this module, which imports nothing of the tool's,
+and `main` runs everything else inside its guard: importing click, psycopg
+and rich takes most of the first tenth of a second, and a Ctrl-C then must
+not print a traceback. Within a command the Click layer turns Ctrl-C into
+`errors.Interrupted` (see `cli.main`); this guard catches what comes before
+and after that. Once the command has finished the process only exits, and a
+Ctrl-C in that last moment ends it at once, with the same line.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+_INTERRUPTED_LINE = b"jobs-cli: interrupted\n"
+_EXIT_INTERRUPTED = 130  # errors.EXIT_INTERRUPTED, without importing anything here
+_said = False
+
+
+def main() -> None:
+    try:
+        try:
+            from .cli import main as run_command
+
+            run_command()  # ends with SystemExit
+        finally:
+            _exit_at_once_on_ctrl_c()
+    except KeyboardInterrupt:
+        _say_interrupted()
+        raise SystemExit(_EXIT_INTERRUPTED) from None
+
+
+def _say_interrupted() -> None:
+    global _said
+    if not _said:
+        _said = True
+        try:
+            os.write(2, _INTERRUPTED_LINE)
+        except OSError:
+            pass  # no stderr to say it on
+
+
+def _exit_now(signum: int, frame: object) -> None:
+    _say_interrupted()
+    os._exit(_EXIT_INTERRUPTED)
+
+
+def _exit_at_once_on_ctrl_c() -> None:
+    # Only in place of Python's own handler: an ignored SIGINT stays ignored.
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, _exit_now)
