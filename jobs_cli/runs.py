@@ -605,12 +605,15 @@ ON CONFLICT (run_key) WHERE run_key IS NOT NULL DO NOTHING
 # reported message, then the output tail. Overruling, both say what happened
 # and that it was "recorded after being marked abandoned: …" (the reaper's
 # message, which keeps the reported one). end_date is the claim's server time
-# plus the elapsed time, so a result recorded late still ends when it ended.
+# plus the elapsed time, so a result recorded late still ends when it ended;
+# never later than now(), though: the elapsed time counts from before the
+# claim connected, and a run that a waiting `run` follows must have ended
+# before that one starts.
 RECORD_RESULT = """
 UPDATE {table}
 SET status = %(status)s,
     abandoned = false,
-    end_date = start_date + make_interval(secs => %(elapsed)s),
+    end_date = least(start_date + make_interval(secs => %(elapsed)s), now()),
     exit_code = %(exit_code)s,
     output = %(output)s,
     message = CASE WHEN %(status)s = 'success' AND status = 'in_progress' THEN message

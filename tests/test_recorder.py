@@ -152,6 +152,8 @@ def test_a_success_keeps_what_the_command_reported(recorder, conn):
     called = invocation()
     claimed = claim(recorder, called)
     runs.report_run(conn, SCHEMA, claimed.run.id, records=5, message="loaded 5 files")
+    # As if recorded an hour late (an end in the future would be cut to now()).
+    conn.execute("UPDATE jobs SET start_date = start_date - interval '1 hour'")
     run = recorder.record(result(claimed, called, output="log line\n", elapsed=2.25))
     assert (run.status, run.records_processed, run.message, run.exit_code, run.output) == (
         "success", 5, "loaded 5 files", 0, "log line\n")
