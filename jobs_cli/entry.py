@@ -12,7 +12,10 @@ Ctrl-C in that last moment ends it at once, with the same line.
 from __future__ import annotations
 
 import os
-import signal
+
+# The interpreter's own, loaded before any code runs: the `signal` module would
+# add to what `jobs-cli --help` loads.
+import _signal
 
 _INTERRUPTED_LINE = b"jobs-cli: interrupted\n"
 _EXIT_INTERRUPTED = 130  # errors.EXIT_INTERRUPTED, without importing anything here
@@ -49,5 +52,5 @@ def _exit_now(signum: int, frame: object) -> None:
 
 def _exit_at_once_on_ctrl_c() -> None:
     # Only in place of Python's own handler: an ignored SIGINT stays ignored.
-    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
-        signal.signal(signal.SIGINT, _exit_now)
+    if _signal.getsignal(_signal.SIGINT) is _signal.default_int_handler:
+        _signal.signal(_signal.SIGINT, _exit_now)

@@ -7,7 +7,6 @@ own usage errors in `cli.main`).
 
 from __future__ import annotations
 
-import signal
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -108,21 +107,24 @@ class Fenced(JobsError):
 
 
 class Interrupted(BaseException):
-    """A signal ended the command: Ctrl-C anywhere, SIGTERM or SIGHUP where a command
-    asks for it (`signals_interrupt`). One line and exit 128+N, as a shell reports it.
+    """A signal ended the command: Ctrl-C anywhere (no signal number), SIGTERM or
+    SIGHUP where a command asks for it (`signals_interrupt`). One line and exit
+    128+N, as a shell reports it.
 
     A BaseException, as KeyboardInterrupt is, so that no `except Exception` on the
     way out swallows it; click does not catch it either.
     """
 
-    def __init__(self, signum: int) -> None:
+    def __init__(self, signum: int | None = None) -> None:
         super().__init__(signum)
         self.signum = signum
-        self.exit_code = 128 + signum
+        self.exit_code = EXIT_INTERRUPTED if signum is None else 128 + signum
 
     def __str__(self) -> str:
-        if self.signum == signal.SIGINT:
+        if self.signum is None:
             return "interrupted"
+        import signal  # not at import: `jobs-cli --help` loads only what click needs
+
         return f"interrupted by {signal.Signals(self.signum).name}"
 
 
@@ -130,6 +132,8 @@ class Interrupted(BaseException):
 def signals_interrupt(*signums: int) -> Iterator[None]:
     """Within the block, the given signals raise Interrupted, so that `with` blocks
     on the way out (a live display hiding the cursor) clean up before the exit."""
+    import signal
+
     def interrupt(signum: int, frame: object) -> None:
         raise Interrupted(signum)
 

@@ -296,7 +296,7 @@ def click_help_modules() -> set[str]:
 
 def help_modules(env: dict[str, str], command: str) -> set[str]:
     """The modules `jobs-cli COMMAND --help` loads, through the real entry point."""
-    code = ("import sys; from jobs_cli.cli import main\n"
+    code = ("import sys; from jobs_cli.entry import main\n"
             f"sys.argv = ['jobs-cli', *{command.split()!r}, '--help']\n"
             "try:\n    main()\nexcept SystemExit:\n    pass\n"
             "print(' '.join(sorted(sys.modules)), file=sys.stderr)")

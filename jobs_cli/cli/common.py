@@ -9,7 +9,6 @@ loads neither.
 from __future__ import annotations
 
 import os
-import signal
 import sys
 from contextlib import contextmanager
 from typing import Iterator
@@ -29,14 +28,14 @@ class JobsGroup(click.Group):
         try:
             return super().make_context(*args, **kwargs)
         except KeyboardInterrupt:
-            raise Interrupted(signal.SIGINT) from None
+            raise Interrupted() from None
 
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
         except KeyboardInterrupt:
             # Past click, whose own handling would add a blank line (see main).
-            raise Interrupted(signal.SIGINT) from None
+            raise Interrupted() from None
         except JobsError as exc:
             if sys.stderr.isatty() or not getattr(exc, "quiet_off_terminal", False):
                 click.echo(f"jobs-cli: {exc}", err=True)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import signal
 import sys
 
 import click
@@ -214,6 +213,8 @@ def watch(ctx: click.Context, interval: float, limit: int, utc: bool) -> None:
     Example:
       jobs-cli watch --interval 5s
     """
+    import signal
+
     from ..db import open_connection, patiently, translated_errors
     from ..monitor import snapshots
     from ..render import watch as draw
