@@ -1,14 +1,24 @@
--- jobs-cli schema: the single source of truth for the `jobs` table.
+-- jobs-cli schema, generated from jobs_cli/migrations.py: do not edit, run
+-- `python -m jobs_cli.migrations > schema.sql` after adding a step there.
 --
--- Runs unqualified: `jobs-cli init` sets search_path to the target schema
--- (default public, --schema / JOBS_SCHEMA) inside the transaction that applies
--- this file, so `psql -c 'SET search_path TO api' -f schema.sql` does the same.
+-- For psql users; `jobs-cli init` applies the same steps (and is the better
+-- way: it takes no lock a writer waits long for). Runs unqualified, in
+-- autocommit (not `psql -1`: indexes are built CONCURRENTLY), for example:
 --
--- Every statement is idempotent and every change additive, so an existing
--- table -- including the City of Austin original (no CHECKs, no indexes,
--- nullable status) -- is upgraded in place without losing or altering a row.
--- New columns must be nullable or have a default.
+--     PGOPTIONS='-c search_path=api' psql -v ON_ERROR_STOP=1 -f schema.sql
+--
+-- Every step is idempotent and additive, so an existing table -- including
+-- the City of Austin original -- is upgraded in place without losing or
+-- altering a row. Each step is recorded in jobs_cli_migrations once it
+-- succeeded, so jobs-cli knows what is done.
 
+CREATE TABLE IF NOT EXISTS jobs_cli_migrations (
+    name       text PRIMARY KEY,
+    applied_at timestamptz NOT NULL DEFAULT now()
+);
+
+-- step: create table jobs (required)
+BEGIN;
 CREATE TABLE IF NOT EXISTS jobs (
     id                serial PRIMARY KEY,
     name              text NOT NULL,
@@ -20,9 +30,11 @@ CREATE TABLE IF NOT EXISTS jobs (
     source            text NOT NULL,
     destination       text NOT NULL
 );
+INSERT INTO jobs_cli_migrations (name) VALUES ('create table jobs') ON CONFLICT DO NOTHING;
+COMMIT;
 
--- The original set start_date from the client clock; ours comes from the server.
--- An adopted table's own default, if it has one, is left alone.
+-- step: start_date default (required)
+BEGIN;
 DO $$
 BEGIN
     IF NOT (SELECT atthasdef FROM pg_attribute
@@ -31,150 +43,149 @@ BEGIN
     END IF;
 END
 $$;
+INSERT INTO jobs_cli_migrations (name) VALUES ('start_date default') ON CONFLICT DO NOTHING;
+COMMIT;
 
--- Recorded by `jobs-cli run` (all nullable: rows from `start` and adopted rows
--- have none of them).
-ALTER TABLE jobs ADD COLUMN IF NOT EXISTS host         text;
-ALTER TABLE jobs ADD COLUMN IF NOT EXISTS pid          integer;
-ALTER TABLE jobs ADD COLUMN IF NOT EXISTS username     text;
-ALTER TABLE jobs ADD COLUMN IF NOT EXISTS command      text;
-ALTER TABLE jobs ADD COLUMN IF NOT EXISTS exit_code    integer;
--- Tail of the command's stderr (and stdout with --capture-stdout).
-ALTER TABLE jobs ADD COLUMN IF NOT EXISTS output       text;
--- Liveness of a supervised run: the wrapper moves lease_until forward at each
--- heartbeat; an in_progress run whose lease has expired has lost its wrapper.
-ALTER TABLE jobs ADD COLUMN IF NOT EXISTS heartbeat_at timestamptz;
-ALTER TABLE jobs ADD COLUMN IF NOT EXISTS lease_until  timestamptz;
--- Unique per `jobs-cli run` invocation: a result spooled while the database
--- was down finds its run by it, and replaying a spooled --fail-open run (which
--- never got an id) inserts it once however often the replay is repeated.
-ALTER TABLE jobs ADD COLUMN IF NOT EXISTS run_key      text;
-CREATE UNIQUE INDEX IF NOT EXISTS jobs_run_key ON jobs (run_key) WHERE run_key IS NOT NULL;
--- Who keeps a supervised run, so that on its own host a live wrapper is never
--- reaped and a dead one is reaped at once (see jobs_cli/fencing.py): the
--- kernel's boot id, the wrapper's start time (clock ticks since boot; with host
--- and pid it names one process), and the process group of its command.
--- Before jobs_latest, whose columns are fixed when it is created.
-ALTER TABLE jobs ADD COLUMN IF NOT EXISTS boot_id         text;
-ALTER TABLE jobs ADD COLUMN IF NOT EXISTS wrapper_started bigint;
-ALTER TABLE jobs ADD COLUMN IF NOT EXISTS pgid            integer;
--- Also given by `jobs-cli start`, so a start repeated after a lost connection
--- finds the run it may already have inserted instead of inserting a second.
--- Set by finish/fail: the same command, repeated after a lost connection,
--- finds the run ended by itself (the same key) and succeeds; anyone else's
--- finish of an ended run is refused.
-ALTER TABLE jobs ADD COLUMN IF NOT EXISTS end_key      text;
--- True when the reaper ended the run because its wrapper stopped heartbeating
--- (never read from the message, which anyone may write). Rows that existed
--- before this column hold NULL: for them the message still decides (see
--- runs.ABANDONED), so no row is rewritten; every row written since has a value.
-DO $$
-BEGIN
-    IF NOT EXISTS (SELECT FROM pg_attribute
-                   WHERE attrelid = 'jobs'::regclass AND attname = 'abandoned'
-                     AND NOT attisdropped) THEN
-        ALTER TABLE jobs ADD COLUMN abandoned boolean;
-        ALTER TABLE jobs ALTER COLUMN abandoned SET DEFAULT false;
-    END IF;
-END
-$$;
+-- step: run columns (required)
+BEGIN;
+ALTER TABLE jobs
+    ADD COLUMN IF NOT EXISTS host         text,
+    ADD COLUMN IF NOT EXISTS pid          integer,
+    ADD COLUMN IF NOT EXISTS username     text,
+    ADD COLUMN IF NOT EXISTS command      text,
+    ADD COLUMN IF NOT EXISTS exit_code    integer,
+    ADD COLUMN IF NOT EXISTS output       text,
+    ADD COLUMN IF NOT EXISTS heartbeat_at timestamptz,
+    ADD COLUMN IF NOT EXISTS lease_until  timestamptz,
+    ADD COLUMN IF NOT EXISTS run_key      text;
+INSERT INTO jobs_cli_migrations (name) VALUES ('run columns') ON CONFLICT DO NOTHING;
+COMMIT;
 
--- Incremental loads (see README); before jobs_latest, whose * is expanded
--- when the view is created. What `jobs-cli run` handed its command:
--- JOBS_LAST_SUCCESS as a time (look-back applied), so `history` can show the
--- window each run loaded.
-ALTER TABLE jobs ADD COLUMN IF NOT EXISTS since_handed timestamptz;
--- A data cursor: where a run got to (`finish --cursor`, `report --cursor`),
--- and the cursor `run` handed it (JOBS_LAST_CURSOR).
-ALTER TABLE jobs ADD COLUMN IF NOT EXISTS cursor        text;
-ALTER TABLE jobs ADD COLUMN IF NOT EXISTS cursor_handed text;
--- The last success that has a cursor; empty (and free) for jobs without cursors.
-CREATE INDEX IF NOT EXISTS jobs_cursor_by_name
-    ON jobs (name, end_date DESC NULLS LAST, id DESC)
-    WHERE status = 'success' AND cursor IS NOT NULL;
--- `run --after`: the upstream runs a run consumed (JOBS_UPSTREAM_RUNS).
-ALTER TABLE jobs ADD COLUMN IF NOT EXISTS upstream_handed integer[];
+-- step: index jobs_run_key (required)
+CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS jobs_run_key
+    ON jobs (run_key) WHERE run_key IS NOT NULL;
+INSERT INTO jobs_cli_migrations (name) SELECT 'index jobs_run_key' FROM pg_index
+    WHERE indexrelid = to_regclass('jobs_run_key') AND indisvalid
+    ON CONFLICT DO NOTHING;
 
--- Constraints. Adopted rows may break them; such a constraint is then added
--- NOT VALID (it holds for every new or updated row, old rows stay as they
--- were) and a WARNING tells how many rows break it. A later init validates it
--- once the old rows are mended.
+-- step: check constraints
+BEGIN;
 DO $$
 DECLARE
     c record;
-    broken bigint;
 BEGIN
-    -- status is NOT NULL in a fresh table; an adopted one may hold NULLs.
-    IF EXISTS (SELECT 1 FROM pg_attribute
-               WHERE attrelid = 'jobs'::regclass AND attname = 'status' AND NOT attnotnull) THEN
-        SELECT count(*) INTO broken FROM jobs WHERE status IS NULL;
-        IF broken = 0 THEN
-            ALTER TABLE jobs ALTER COLUMN status SET NOT NULL;
-            ALTER TABLE jobs DROP CONSTRAINT IF EXISTS jobs_status_present;
-        ELSE
-            IF NOT EXISTS (SELECT 1 FROM pg_constraint
-                           WHERE conrelid = 'jobs'::regclass AND conname = 'jobs_status_present') THEN
-                ALTER TABLE jobs ADD CONSTRAINT jobs_status_present CHECK (status IS NOT NULL) NOT VALID;
-            END IF;
-            RAISE WARNING '% existing row(s) have no status; kept as they are, new rows must have one', broken;
-        END IF;
+    IF EXISTS (SELECT FROM pg_attribute
+               WHERE attrelid = 'jobs'::regclass AND attname = 'status' AND NOT attnotnull)
+       AND NOT EXISTS (SELECT FROM pg_constraint
+                       WHERE conrelid = 'jobs'::regclass AND conname = 'jobs_status_present') THEN
+        ALTER TABLE jobs ADD CONSTRAINT jobs_status_present CHECK (status IS NOT NULL) NOT VALID;
     END IF;
-
     FOR c IN SELECT * FROM (VALUES
-        ('jobs_status_check', $c$status IN ('in_progress', 'success', 'error')$c$,
-         'have a status other than in_progress, success or error'),
-        ('jobs_end_after_start', 'end_date >= start_date',
-         'end before they start'),
-        ('jobs_records_nonnegative', 'records_processed >= 0',
-         'have negative records_processed')
-    ) AS t(conname, expr, what)
+        ('jobs_status_check', $c$status IN ('in_progress', 'success', 'error')$c$),
+        ('jobs_end_after_start', $c$end_date >= start_date$c$),
+        ('jobs_records_nonnegative', $c$records_processed >= 0$c$)
+    ) AS t(conname, expr)
     LOOP
-        IF NOT EXISTS (SELECT 1 FROM pg_constraint
+        IF NOT EXISTS (SELECT FROM pg_constraint
                        WHERE conrelid = 'jobs'::regclass AND conname = c.conname) THEN
-            -- A CHECK passes when its expression is NULL, hence IS NOT TRUE.
-            EXECUTE format('SELECT count(*) FROM jobs WHERE (%s) IS FALSE', c.expr) INTO broken;
-            IF broken = 0 THEN
-                EXECUTE format('ALTER TABLE jobs ADD CONSTRAINT %I CHECK (%s)', c.conname, c.expr);
-            ELSE
-                EXECUTE format('ALTER TABLE jobs ADD CONSTRAINT %I CHECK (%s) NOT VALID', c.conname, c.expr);
-                RAISE WARNING '% existing row(s) % (%); kept as they are, new rows are checked',
-                    broken, c.what, c.conname;
-            END IF;
-        ELSIF EXISTS (SELECT 1 FROM pg_constraint
-                      WHERE conrelid = 'jobs'::regclass AND conname = c.conname AND NOT convalidated) THEN
-            EXECUTE format('SELECT count(*) FROM jobs WHERE (%s) IS FALSE', c.expr) INTO broken;
-            IF broken = 0 THEN
-                EXECUTE format('ALTER TABLE jobs VALIDATE CONSTRAINT %I', c.conname);
-            ELSE
-                RAISE WARNING '% existing row(s) % (%); kept as they are, new rows are checked',
-                    broken, c.what, c.conname;
-            END IF;
+            EXECUTE format('ALTER TABLE jobs ADD CONSTRAINT %I CHECK (%s) NOT VALID',
+                           c.conname, c.expr);
         END IF;
     END LOOP;
 END
 $$;
+INSERT INTO jobs_cli_migrations (name) VALUES ('check constraints') ON CONFLICT DO NOTHING;
+COMMIT;
 
--- last-success: newest successful run of a name by end_date, as the original.
-CREATE INDEX IF NOT EXISTS jobs_success_by_name
+-- step: validate jobs_status_present
+DO $$
+BEGIN
+    IF EXISTS (SELECT FROM pg_constraint WHERE conrelid = 'jobs'::regclass
+               AND conname = 'jobs_status_present' AND NOT convalidated) THEN
+        ALTER TABLE jobs VALIDATE CONSTRAINT jobs_status_present;
+    END IF;
+    INSERT INTO jobs_cli_migrations (name) VALUES ('validate jobs_status_present') ON CONFLICT DO NOTHING;
+EXCEPTION WHEN check_violation THEN
+    RAISE WARNING 'old rows break jobs_status_present; mend them and run this again';
+END
+$$;
+
+-- step: validate jobs_status_check
+DO $$
+BEGIN
+    IF EXISTS (SELECT FROM pg_constraint WHERE conrelid = 'jobs'::regclass
+               AND conname = 'jobs_status_check' AND NOT convalidated) THEN
+        ALTER TABLE jobs VALIDATE CONSTRAINT jobs_status_check;
+    END IF;
+    INSERT INTO jobs_cli_migrations (name) VALUES ('validate jobs_status_check') ON CONFLICT DO NOTHING;
+EXCEPTION WHEN check_violation THEN
+    RAISE WARNING 'old rows break jobs_status_check; mend them and run this again';
+END
+$$;
+
+-- step: validate jobs_end_after_start
+DO $$
+BEGIN
+    IF EXISTS (SELECT FROM pg_constraint WHERE conrelid = 'jobs'::regclass
+               AND conname = 'jobs_end_after_start' AND NOT convalidated) THEN
+        ALTER TABLE jobs VALIDATE CONSTRAINT jobs_end_after_start;
+    END IF;
+    INSERT INTO jobs_cli_migrations (name) VALUES ('validate jobs_end_after_start') ON CONFLICT DO NOTHING;
+EXCEPTION WHEN check_violation THEN
+    RAISE WARNING 'old rows break jobs_end_after_start; mend them and run this again';
+END
+$$;
+
+-- step: validate jobs_records_nonnegative
+DO $$
+BEGIN
+    IF EXISTS (SELECT FROM pg_constraint WHERE conrelid = 'jobs'::regclass
+               AND conname = 'jobs_records_nonnegative' AND NOT convalidated) THEN
+        ALTER TABLE jobs VALIDATE CONSTRAINT jobs_records_nonnegative;
+    END IF;
+    INSERT INTO jobs_cli_migrations (name) VALUES ('validate jobs_records_nonnegative') ON CONFLICT DO NOTHING;
+EXCEPTION WHEN check_violation THEN
+    RAISE WARNING 'old rows break jobs_records_nonnegative; mend them and run this again';
+END
+$$;
+
+-- step: index jobs_success_by_name
+CREATE INDEX CONCURRENTLY IF NOT EXISTS jobs_success_by_name
     ON jobs (name, end_date DESC NULLS LAST, id DESC) WHERE status = 'success';
--- Per-name history, newest first; also jobs_latest and overlap checks.
-CREATE INDEX IF NOT EXISTS jobs_name_start
-    ON jobs (name, start_date DESC, id DESC);
--- Listing all runs newest first.
-CREATE INDEX IF NOT EXISTS jobs_start
-    ON jobs (start_date DESC, id DESC);
--- Runs still in progress: overlap control, reaping, "running now".
-CREATE INDEX IF NOT EXISTS jobs_in_progress
-    ON jobs (name, lease_until) WHERE status = 'in_progress';
--- A job's newest runs of one status (`list --status`), and counts by status
--- (`metrics`) read from the index alone.
-CREATE INDEX IF NOT EXISTS jobs_name_status_start
-    ON jobs (name, status, start_date DESC, id DESC);
+INSERT INTO jobs_cli_migrations (name) SELECT 'index jobs_success_by_name' FROM pg_index
+    WHERE indexrelid = to_regclass('jobs_success_by_name') AND indisvalid
+    ON CONFLICT DO NOTHING;
 
--- One row per name: the run with the latest start_date (as the original's view,
--- same columns). Not DISTINCT ON, which reads the whole table: the names are
--- enumerated by jumping through jobs_name_start (one index descent each) and
--- each name's newest run read from it.
+-- step: index jobs_name_start
+CREATE INDEX CONCURRENTLY IF NOT EXISTS jobs_name_start
+    ON jobs (name, start_date DESC, id DESC);
+INSERT INTO jobs_cli_migrations (name) SELECT 'index jobs_name_start' FROM pg_index
+    WHERE indexrelid = to_regclass('jobs_name_start') AND indisvalid
+    ON CONFLICT DO NOTHING;
+
+-- step: index jobs_start
+CREATE INDEX CONCURRENTLY IF NOT EXISTS jobs_start
+    ON jobs (start_date DESC, id DESC);
+INSERT INTO jobs_cli_migrations (name) SELECT 'index jobs_start' FROM pg_index
+    WHERE indexrelid = to_regclass('jobs_start') AND indisvalid
+    ON CONFLICT DO NOTHING;
+
+-- step: index jobs_in_progress
+CREATE INDEX CONCURRENTLY IF NOT EXISTS jobs_in_progress
+    ON jobs (name, lease_until) WHERE status = 'in_progress';
+INSERT INTO jobs_cli_migrations (name) SELECT 'index jobs_in_progress' FROM pg_index
+    WHERE indexrelid = to_regclass('jobs_in_progress') AND indisvalid
+    ON CONFLICT DO NOTHING;
+
+-- step: index jobs_name_status_start
+CREATE INDEX CONCURRENTLY IF NOT EXISTS jobs_name_status_start
+    ON jobs (name, status, start_date DESC, id DESC);
+INSERT INTO jobs_cli_migrations (name) SELECT 'index jobs_name_status_start' FROM pg_index
+    WHERE indexrelid = to_regclass('jobs_name_status_start') AND indisvalid
+    ON CONFLICT DO NOTHING;
+
+-- step: view jobs_latest
+BEGIN;
 CREATE OR REPLACE VIEW jobs_latest AS
     WITH RECURSIVE names(name) AS (
         (SELECT name FROM jobs ORDER BY name LIMIT 1)
@@ -191,10 +202,11 @@ CREATE OR REPLACE VIEW jobs_latest AS
         ORDER BY start_date DESC, id DESC
         LIMIT 1
     ) latest;
+INSERT INTO jobs_cli_migrations (name) VALUES ('view jobs_latest') ON CONFLICT DO NOTHING;
+COMMIT;
 
--- `jobs-cli watch` redraws when the table changes. One notification per
--- statement, with the schema as payload; heartbeats (which only move
--- heartbeat_at and lease_until) notify nobody.
+-- step: notify trigger
+BEGIN;
 CREATE OR REPLACE FUNCTION jobs_notify_change() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
@@ -202,18 +214,15 @@ BEGIN
     RETURN NULL;
 END
 $$;
--- Created once: replacing it at every init would lock a shared table for nothing.
-DO $$
-BEGIN
-    IF NOT EXISTS (SELECT FROM pg_trigger
-                   WHERE tgrelid = 'jobs'::regclass AND tgname = 'jobs_notify_change') THEN
-        CREATE TRIGGER jobs_notify_change
-            AFTER INSERT OR DELETE OR UPDATE OF status, end_date, message, records_processed, output
-            ON jobs FOR EACH STATEMENT EXECUTE FUNCTION jobs_notify_change();
-    END IF;
-END
-$$;
+DROP TRIGGER IF EXISTS jobs_notify_change ON jobs;
+CREATE TRIGGER jobs_notify_change
+    AFTER INSERT OR DELETE OR UPDATE OF status, end_date, message, records_processed, output
+    ON jobs FOR EACH STATEMENT EXECUTE FUNCTION jobs_notify_change();
+INSERT INTO jobs_cli_migrations (name) VALUES ('notify trigger') ON CONFLICT DO NOTHING;
+COMMIT;
 
+-- step: summary table
+BEGIN;
 -- One row per job name, kept current by triggers, so that `status`, `check` and
 -- `metrics` cost O(names), not O(history): its run counts (jobs_runs_total), its
 -- newest runs (the 20 that monitor.RECENT_RUNS looks at) and its last success,
@@ -239,7 +248,11 @@ CREATE TABLE IF NOT EXISTS jobs_summary (
     last_success_end     timestamptz,
     last_success_records integer
 );
+INSERT INTO jobs_cli_migrations (name) VALUES ('summary table') ON CONFLICT DO NOTHING;
+COMMIT;
 
+-- step: summary functions
+BEGIN;
 -- Adds the count deltas of `names` (taking their rows' locks, in name order), then
 -- rereads their newest runs and last success from jobs. In READ COMMITTED the
 -- reread takes a snapshot after the lock: a writer that changed the same name
@@ -356,7 +369,11 @@ $$;
 REVOKE ALL ON FUNCTION jobs_summary_apply(text[], bigint[], bigint[], bigint[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION jobs_summary_change() FROM PUBLIC;
 REVOKE ALL ON FUNCTION jobs_summary_truncate() FROM PUBLIC;
+INSERT INTO jobs_cli_migrations (name) VALUES ('summary functions') ON CONFLICT DO NOTHING;
+COMMIT;
 
+-- step: summary triggers
+BEGIN;
 -- Created once, with the backfill, while writers wait: SHARE ROW EXCLUSIVE (which
 -- CREATE TRIGGER takes anyway) lets readers on and holds writers back until the
 -- counts and the triggers are in place together, so no run is counted twice or
@@ -397,11 +414,79 @@ BEGIN
     END IF;
 END
 $$;
+INSERT INTO jobs_cli_migrations (name) VALUES ('summary triggers') ON CONFLICT DO NOTHING;
+COMMIT;
 
--- `jobs-cli reset`: an earlier successful run's watermark and cursor made
--- current again (to_run), or none (to_run NULL: the next run is a full load).
--- Never a row of `jobs`, so readers of runs see only runs. In force until a
--- run that started after reset_at succeeds; nothing is ever deleted.
+-- step: fencing columns (required)
+BEGIN;
+ALTER TABLE jobs
+    ADD COLUMN IF NOT EXISTS boot_id         text,
+    ADD COLUMN IF NOT EXISTS wrapper_started bigint,
+    ADD COLUMN IF NOT EXISTS pgid            integer;
+INSERT INTO jobs_cli_migrations (name) VALUES ('fencing columns') ON CONFLICT DO NOTHING;
+COMMIT;
+
+-- step: end_key column (required)
+BEGIN;
+ALTER TABLE jobs ADD COLUMN IF NOT EXISTS end_key text;
+INSERT INTO jobs_cli_migrations (name) VALUES ('end_key column') ON CONFLICT DO NOTHING;
+COMMIT;
+
+-- step: abandoned column (required)
+BEGIN;
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_attribute
+                   WHERE attrelid = 'jobs'::regclass AND attname = 'abandoned'
+                     AND NOT attisdropped) THEN
+        ALTER TABLE jobs ADD COLUMN abandoned boolean;
+        ALTER TABLE jobs ALTER COLUMN abandoned SET DEFAULT false;
+    END IF;
+END
+$$;
+INSERT INTO jobs_cli_migrations (name) VALUES ('abandoned column') ON CONFLICT DO NOTHING;
+COMMIT;
+
+-- step: incremental columns (required)
+BEGIN;
+ALTER TABLE jobs
+    ADD COLUMN IF NOT EXISTS since_handed    timestamptz,
+    ADD COLUMN IF NOT EXISTS cursor          text,
+    ADD COLUMN IF NOT EXISTS cursor_handed   text,
+    ADD COLUMN IF NOT EXISTS upstream_handed integer[];
+INSERT INTO jobs_cli_migrations (name) VALUES ('incremental columns') ON CONFLICT DO NOTHING;
+COMMIT;
+
+-- step: index jobs_cursor_by_name
+CREATE INDEX CONCURRENTLY IF NOT EXISTS jobs_cursor_by_name
+    ON jobs (name, end_date DESC NULLS LAST, id DESC) WHERE status = 'success' AND cursor IS NOT NULL;
+INSERT INTO jobs_cli_migrations (name) SELECT 'index jobs_cursor_by_name' FROM pg_index
+    WHERE indexrelid = to_regclass('jobs_cursor_by_name') AND indisvalid
+    ON CONFLICT DO NOTHING;
+
+-- step: view jobs_latest with the columns above
+BEGIN;
+CREATE OR REPLACE VIEW jobs_latest AS
+    WITH RECURSIVE names(name) AS (
+        (SELECT name FROM jobs ORDER BY name LIMIT 1)
+        UNION ALL
+        SELECT (SELECT j.name FROM jobs j WHERE j.name > names.name ORDER BY j.name LIMIT 1)
+        FROM names
+        WHERE names.name IS NOT NULL
+    )
+    SELECT latest.*
+    FROM names
+    CROSS JOIN LATERAL (
+        SELECT * FROM jobs
+        WHERE jobs.name = names.name
+        ORDER BY start_date DESC, id DESC
+        LIMIT 1
+    ) latest;
+INSERT INTO jobs_cli_migrations (name) VALUES ('view jobs_latest with the columns above') ON CONFLICT DO NOTHING;
+COMMIT;
+
+-- step: resets table (required)
+BEGIN;
 CREATE TABLE IF NOT EXISTS jobs_resets (
     id        serial PRIMARY KEY,
     name      text NOT NULL,
@@ -413,3 +498,5 @@ CREATE TABLE IF NOT EXISTS jobs_resets (
     host      text
 );
 CREATE INDEX IF NOT EXISTS jobs_resets_by_name ON jobs_resets (name, reset_at DESC, id DESC);
+INSERT INTO jobs_cli_migrations (name) VALUES ('resets table') ON CONFLICT DO NOTHING;
+COMMIT;

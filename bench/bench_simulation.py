@@ -38,7 +38,7 @@ from typing import Iterator
 import psycopg
 from psycopg import conninfo, sql
 
-from jobs_cli.schema import apply_schema
+from jobs_cli.migrations import migrate
 from jobs_cli.server import EmbeddedServer
 
 JOBS_CLI = str(Path(sys.executable).parent / "jobs-cli")
@@ -116,7 +116,7 @@ def main() -> int:
             psycopg.connect(url, autocommit=True) as conn:
         conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(args.schema)))
         try:
-            apply_schema(conn, args.schema)
+            migrate(conn, args.schema)
             here = conninfo.make_conninfo(url, options=f"-c search_path={args.schema}")
             conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(args.schema)))
             conn.execute(TABLE.format(name="src"))

@@ -43,7 +43,7 @@ import psycopg
 from psycopg import sql
 
 from jobs_cli import monitor, runs, server as embedded
-from jobs_cli.schema import apply_schema
+from jobs_cli.migrations import migrate
 
 HERE = Path(__file__).resolve().parent
 PYTHON = sys.executable
@@ -210,7 +210,7 @@ def generate(conn: psycopg.Connection, schema: str, rows: int, names: int) -> No
     found = conn.execute("SELECT obj_description(to_regnamespace(%s), 'pg_namespace')",
                          (schema,)).fetchone()[0]
     if found == label:
-        apply_schema(conn, schema)  # kept from an earlier run: brought up to date
+        migrate(conn, schema)  # kept from an earlier run: brought up to date
         return
     began = time.monotonic()
     conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
@@ -218,7 +218,7 @@ def generate(conn: psycopg.Connection, schema: str, rows: int, names: int) -> No
     conn.execute(runs.statement(BARE_TABLE, schema))
     conn.execute(runs.statement(GENERATE, schema), {"rows": rows, "names": names})
     generated = time.monotonic()
-    apply_schema(conn, schema)
+    migrate(conn, schema)
     adopted = time.monotonic()
     conn.execute(sql.SQL("VACUUM ANALYZE {}").format(sql.Identifier(schema, "jobs")))
     conn.execute(sql.SQL("COMMENT ON SCHEMA {} IS {}").format(sql.Identifier(schema),

@@ -47,7 +47,7 @@ from pathlib import Path
 
 import psycopg
 
-from jobs_cli.schema import apply_schema
+from jobs_cli.migrations import migrate
 from jobs_cli.server import EmbeddedServer
 
 JOBS_CLI = str(Path(sys.executable).parent / "jobs-cli")
@@ -163,7 +163,7 @@ def soak(settings: Settings) -> Figures:
     try:
         conninfo = server.ensure_running()
         with psycopg.connect(conninfo, autocommit=True) as conn:
-            apply_schema(conn, "public")
+            migrate(conn, "public")
         env = {key: value for key, value in os.environ.items()
                if not key.startswith(("JOBS_", "PG"))}
         env.update(JOBS_DATABASE_URL=conninfo, JOBS_HOME=str(work / "home"),

@@ -6,10 +6,14 @@ the `with` block into a `JobsError` with a one-line message, so neither the
 CLI nor the Python API ever shows a driver traceback, and a password in the
 URL never reaches a message (messages name only host and database).
 
-On the embedded default the schema is applied when the cluster is new and
-whenever the bundled schema.sql changes (a digest per schema name is kept in
-JOBS_HOME), so upgrading the tool upgrades its private table too. A configured
-database is only changed by an explicit `jobs-cli init`.
+Every connection first reads which migration steps the schema has
+(`migrations`: one query, no lock beyond a read). Steps still pending are
+applied then and there when the role may change the table (validations are
+left to `init`); a role that may not is told in one line (`Database.tell`, a
+RuntimeWarning without one), and refused when this version cannot record a
+run without them. A missing table is an error -- except on the embedded
+server's default schema, which its first use creates, so the embedded default
+needs no setup. Only `init` creates a schema.
 
 One connection policy
     The jobs connection is made from the URL alone, for the CLI and the API
@@ -32,8 +36,8 @@ One connection policy
 
 from __future__ import annotations
 
-import hashlib
 import os
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cache
@@ -41,7 +45,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator, TypeVar
 
 from . import config, retry
-from .errors import DatabaseError, DatabaseUnavailable, PermissionDenied
+from .errors import DatabaseError, DatabaseUnavailable, NoJobsTable, PermissionDenied
 from .text import error_line
 
 if TYPE_CHECKING:
@@ -71,6 +75,8 @@ class Database:
     home: Path = field(default_factory=config.home)
     # How long to wait for a database that is down, restarting or full (see `retry`).
     patience: retry.Patience = retry.Patience()
+    # Where a line for the user goes (pending steps this role may not apply).
+    tell: Callable[[str], None] | None = field(default=None, compare=False, repr=False)
 
     @property
     def embedded(self) -> bool:
@@ -101,11 +107,15 @@ def describe(conninfo: str) -> str:
 
 
 @contextmanager
-def connect(database: Database) -> Iterator["psycopg.Connection"]:
+def connect(database: Database, *, check_schema: bool = True) -> Iterator["psycopg.Connection"]:
     """A connection, waiting for the database as its patience allows."""
     if database.embedded:
         _head_start(database)
-    with translated_errors(database), patiently(database, open_connection) as conn:
+
+    def attempt(database: Database, **options: object) -> "psycopg.Connection":
+        return open_connection(database, check_schema=check_schema, **options)
+
+    with translated_errors(database), patiently(database, attempt) as conn:
         yield conn
 
 
@@ -157,15 +167,26 @@ def patiently(database: Database, attempt: Callable[..., T]) -> T:
                       database.patience, waiting)
 
 
-def open_connection(database: Database, **options: object) -> "psycopg.Connection":
+def open_connection(database: Database, *, check_schema: bool = True,
+                    **options: object) -> "psycopg.Connection":
     """A new autocommit connection, starting the embedded server if needed.
 
     psycopg errors are not translated: use it inside `translated_errors`.
-    `options` are further libpq connection parameters.
+    `options` are further libpq connection parameters. `check_schema`: bring
+    the schema up to date as far as this role may (see the module docstring);
+    only `init`, which does it all itself, passes False.
     """
     if database.embedded:
-        return _connect_embedded(database, **options)
-    return _open(database.url, **options)
+        conn = _connect_embedded(database, **options)
+    else:
+        conn = _open(database.url, **options)
+    if check_schema:
+        try:
+            ensure_schema(conn, database)
+        except BaseException:
+            conn.close()
+            raise
+    return conn
 
 
 @contextmanager
@@ -357,30 +378,50 @@ def _connect_embedded(database: Database, **options: object) -> "psycopg.Connect
             conn = None
     if conn is None:
         conn = _open(server.ensure_running(), **options)
-    try:
-        _ensure_schema(conn, database)
-    except BaseException:
-        conn.close()
-        raise
     return conn
 
 
-def _schema_marker(database: Database) -> Path:
-    return database.home / f"schema-{database.schema}.sha256"
+def ensure_schema(conn: "psycopg.Connection", database: Database) -> None:
+    """Bring the schema up to date as far as this role may, or say why not (module docstring)."""
+    from . import migrations
 
-
-def _ensure_schema(conn: "psycopg.Connection", database: Database) -> None:
-    from .schema import apply_schema, schema_text
-
-    digest = hashlib.sha256(schema_text().encode()).hexdigest()
-    marker = _schema_marker(database)
+    private = database.embedded and database.schema == config.DEFAULT_SCHEMA
     try:
-        if marker.read_text() == digest:
+        pending = migrations.pending_steps(conn, database.schema)
+    except NoJobsTable:
+        if not private:
+            raise
+        pending = list(migrations.STEPS)
+    if not private:
+        # Validations scan the whole table: `init`'s job, and no reason to wait.
+        pending = [step for step in pending if step.kind != migrations.VALIDATE]
+    if not pending:
+        return
+    if private or migrations.may_apply(conn, database.schema):
+        try:
+            # The private server is never pooled: a session lock may make a
+            # concurrent first use wait for the whole migration.
+            outcome = migrations.migrate(conn, database.schema, create=private,
+                                         validations=private, exclusive=private)
+        except DatabaseError as exc:
+            left = migrations.pending_steps(conn, database.schema)
+            if any(step.required for step in left):
+                raise
+            _tell(database, str(exc))
             return
-    except OSError:
-        pass
-    apply_schema(conn, database.schema)
-    try:
-        marker.write_text(digest)
-    except OSError as exc:
-        raise DatabaseError(f"cannot write {marker}: {exc.strerror}") from None
+        for warning in outcome.warnings:
+            _tell(database, f"warning: {warning}")
+        return
+    line = (f"the jobs table in schema {database.schema!r} lacks step(s) "
+            f"{', '.join(repr(step.name) for step in pending)} of this jobs-cli, "
+            "which this role may not apply: run `jobs-cli init` as the table's owner")
+    if any(step.required for step in pending):
+        raise DatabaseError(line)
+    _tell(database, line)
+
+
+def _tell(database: Database, line: str) -> None:
+    if database.tell is not None:
+        database.tell(line)
+    else:
+        warnings.warn(f"jobs-cli: {line}", RuntimeWarning, stacklevel=4)

@@ -58,6 +58,10 @@ class PermissionDenied(DatabaseError):
     """The role lacks a privilege (a jobs_reader writing, a writer running `init`...)."""
 
 
+class NoJobsTable(DatabaseError):
+    """The schema has no jobs table: `jobs-cli init` creates it."""
+
+
 class DatabaseUnavailable(DatabaseError):
     """Could not connect to the database, or lost the connection."""
 

@@ -83,7 +83,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 from . import retry, runs, spool
-from .db import (Database, conninfo_params, open_connection, patiently, redacted,
+from .db import (Database, conninfo_params, ensure_schema, open_connection, patiently, redacted,
                  translated_errors, where)
 from .durations import format_duration
 from .errors import DatabaseError, DatabaseUnavailable, JobsError, SpoolError
@@ -150,6 +150,7 @@ class Recorder:
         # after a lost connection finds its own run.
         with translated_errors(self.database):
             patiently(self.database, lambda _, **options: self._connection(**options))
+            ensure_schema(self._connection(), self.database)
         self._replay_on_the_way()
         with translated_errors(self.database):
             def claim_once(_: Database, **options: object) -> runs.Claim:
@@ -307,8 +308,9 @@ class Recorder:
         """The connection, opened anew if it broke; `options` are libpq parameters."""
         if self._conn is None or self._conn.closed or self._conn.broken:
             self.close()
-            self._conn = open_connection(self.database, tcp_user_timeout=TCP_USER_TIMEOUT_MS,
-                                         **options)
+            # Checked by `claim`: replaying needs no table to tell whose a result is.
+            self._conn = open_connection(self.database, check_schema=False,
+                                         tcp_user_timeout=TCP_USER_TIMEOUT_MS, **options)
             self._identity = _identity(self._conn, self.database.schema)
         return self._conn
 

@@ -435,7 +435,7 @@ def iso_seconds(epoch: int) -> str:
 class Invocation:
     """Who runs what, recorded with a supervised run."""
 
-    run_key: str  # unique per `jobs-cli run` invocation; see schema.sql
+    run_key: str  # unique per `jobs-cli run` invocation; see migrations.py
     name: str
     source: str
     destination: str

@@ -4,7 +4,8 @@ initdb and pg_ctl refuse to run as root, and CI is root, so pytest-postgresql's
 `postgresql_proc` cannot start the server there. The session server is
 started by jobs-cli's own embedded-server code instead (which runs it as an
 unprivileged user when we are root), and pytest-postgresql's DatabaseJanitor
-makes a template loaded from schema.sql and clones it for every test.
+makes a template that jobs-cli's migrations bring up to date (as `init`
+does) and clones it for every test.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import pytest
 from pytest_postgresql.janitor import DatabaseJanitor
 
 from jobs_cli.db import Database
+from jobs_cli.migrations import migrate
 from jobs_cli.server import PORT, SUPERUSER, EmbeddedServer
 
 # Tests of an unreachable database want its answer now; tests of waiting set their own.
@@ -30,7 +32,6 @@ NO_WAITING = {"JOBS_START_RETRY_SECONDS": "0"}
 os.environ.update(NO_WAITING)
 
 ROOT = Path(__file__).resolve().parent.parent
-SCHEMA_SQL = ROOT / "schema.sql"
 TEMPLATE = "jobs_template"
 BIN_DIR = Path(sys.executable).parent
 _database_numbers = itertools.count()
@@ -91,8 +92,6 @@ def pg_server():
 def limited_server():
     """A server of its own with max_connections = 20 and a jobs table, for tests of a full
     server (its log, under log_dir, says when it turned clients away)."""
-    from jobs_cli.schema import apply_schema
-
     home = private_dir("jobs-cli-test-limited-server-")
     server = EmbeddedServer(home)
     server.ensure_running()
@@ -101,7 +100,7 @@ def limited_server():
     server.stop()
     with psycopg.connect(server.ensure_running(), autocommit=True) as conn:
         assert conn.execute("SHOW max_connections").fetchone() == ("20",)
-        apply_schema(conn, "public")
+        migrate(conn, "public")
     yield server
     server.stop()
     shutil.rmtree(home, ignore_errors=True)
@@ -111,7 +110,11 @@ def limited_server():
 def jobs_template(pg_server):
     janitor = DatabaseJanitor(dbname=TEMPLATE, as_template=True, **pg_server)
     janitor.init()
-    janitor.load(SCHEMA_SQL)
+    # Not janitor.load(schema.sql): it runs the file as one transaction, where
+    # CREATE INDEX CONCURRENTLY cannot run.
+    with psycopg.connect(host=pg_server["host"], port=PORT, user=SUPERUSER, dbname=TEMPLATE,
+                         autocommit=True) as conn:
+        migrate(conn, "public")
     yield TEMPLATE
     janitor.drop()
 

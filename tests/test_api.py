@@ -78,9 +78,9 @@ def test_unreachable_database_is_a_jobs_error():
 
 
 def test_database_and_schema_from_environment(db_url, conn, monkeypatch):
-    from jobs_cli.schema import apply_schema
+    from jobs_cli.migrations import migrate
 
-    apply_schema(conn, "etl")
+    migrate(conn, "etl")
     monkeypatch.setenv("JOBS_DATABASE_URL", db_url)
     monkeypatch.setenv("JOBS_SCHEMA", "etl")
     Job(name="env").start()

@@ -20,7 +20,7 @@ from psycopg import sql
 
 from jobs_cli import runs, spool
 from jobs_cli.recorder import SPOOL_FORMAT, Recorder
-from jobs_cli.schema import apply_schema
+from jobs_cli.migrations import migrate
 from jobs_cli.server import EmbeddedServer
 
 # Waits until the test creates the file `go` in the working directory.
@@ -504,7 +504,7 @@ def own_server():
     home = private_dir("jobs-cli-test-own-server-")
     server = EmbeddedServer(home)
     with psycopg.connect(server.ensure_running(), autocommit=True) as conn:
-        apply_schema(conn, "public")
+        migrate(conn, "public")
     yield server
     server.stop()
     shutil.rmtree(home, ignore_errors=True)

@@ -16,7 +16,7 @@ from psycopg.conninfo import make_conninfo
 from jobs_cli import Job, runs
 from jobs_cli.db import Database, connect, describe
 from jobs_cli.errors import DatabaseUnavailable
-from jobs_cli.schema import apply_schema
+from jobs_cli.migrations import migrate
 from jobs_cli.server import EmbeddedServer
 
 
@@ -181,7 +181,7 @@ def password_server():
 
     wait_until(asks_for_a_password, timeout=60, what="pg_hba.conf reloaded")
     with psycopg.connect(etl, password="s3cret", autocommit=True) as owner:
-        apply_schema(owner, "public")
+        migrate(owner, "public")
     yield {"host": socket_dir, "port": str(port), "url": etl}
     server.stop()
     shutil.rmtree(home, ignore_errors=True)

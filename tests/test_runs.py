@@ -123,9 +123,9 @@ def test_answers_do_not_depend_on_session_time_zone(conn):
 
 
 def test_other_schema(conn):
-    from jobs_cli.schema import apply_schema
+    from jobs_cli.migrations import migrate
 
-    apply_schema(conn, "api")
+    migrate(conn, "api")
     run = runs.start_run(conn, "api", "j")
     runs.end_run(conn, "api", run.id, "success")
     assert conn.execute("SELECT count(*) FROM api.jobs").fetchone()[0] == 1

@@ -185,8 +185,14 @@ def test_long_home_path_uses_a_private_socket_directory(env, home):
         EmbeddedServer(deep).stop()
 
 
-def test_schema_applied_to_named_schema_on_first_use(env):
-    result = run({**env, "JOBS_SCHEMA": "etl"}, "start", "a")
+def test_only_the_default_schema_is_created_on_first_use(env):
+    """A mistyped --schema is an error, not a new empty table; `init` makes one on purpose."""
+    etl = {**env, "JOBS_SCHEMA": "etl"}
+    refused = run(etl, "start", "a")
+    assert refused.returncode == 1
+    assert refused.stderr == "jobs-cli: no jobs table in schema 'etl': run `jobs-cli init`\n"
+    assert run(etl, "init").returncode == 0
+    result = run(etl, "start", "a")
     assert result.returncode == 0, result.stderr
     url = run(env, "server", "start").stdout.strip()
     with psycopg.connect(url) as conn:

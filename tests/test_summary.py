@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from psycopg import sql
 
 from jobs_cli import runs
-from jobs_cli.schema import apply_schema
+from jobs_cli.migrations import migrate
 
 SCHEMA = "public"
 WRITER = "jobs_summary_test_writer"
@@ -228,7 +228,7 @@ def test_init_adopting_a_table_backfills_it_while_a_writer_goes_on(conn, db_url)
     after = 10**9
     thread = threading.Thread(target=write)
     thread.start()
-    apply_schema(conn, schema)
+    migrate(conn, schema)
     after = len(written)
     adopted.set()
     thread.join()
@@ -237,7 +237,7 @@ def test_init_adopting_a_table_backfills_it_while_a_writer_goes_on(conn, db_url)
     assert conn.execute(runs.statement("SELECT sum(runs) FROM {summary}", schema)).fetchone() \
         == (2000 + len(written),)
     # Adopting again changes nothing.
-    apply_schema(conn, schema)
+    migrate(conn, schema)
     assert_summary_is_the_table(conn, schema)
 
 

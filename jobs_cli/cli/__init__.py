@@ -62,7 +62,8 @@ def cli(ctx: click.Context, database_url: str | None, schema: str) -> None:
     # Waiting is said only to a person: under cron the outcome says enough.
     patience = Patience(seconds=config.start_retry_seconds(),
                         on_wait=tell if sys.stderr.isatty() else None)
-    ctx.obj = Database(url=database_url or None, schema=schema, patience=patience)
+    ctx.obj = Database(url=database_url or None, schema=schema, patience=patience,
+                      tell=tell)
 
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from ..errors import EXIT_NOT_RUNNING
-from .common import connection
+from .common import connection, tell
 
 # What the script sets to ask jobs-cli for completions; click's name for it.
 COMPLETE_VARIABLE = "_JOBS_CLI_COMPLETE"
@@ -27,18 +27,22 @@ def init(ctx: click.Context, with_roles: bool) -> None:
     Example:
       JOBS_DATABASE_URL=postgresql://etl@db/warehouse jobs-cli --schema api init
     """
+    from ..db import connect
+    from ..migrations import migrate
     from ..roles import create_roles
-    from ..schema import apply_schema
 
-    with connection(ctx) as conn:
+    with connect(ctx.obj, check_schema=False) as conn:
         if with_roles:
             for role in create_roles(conn):
-                click.echo(f"jobs-cli: created role {role}", err=True)
-        warnings = apply_schema(conn, ctx.obj.schema)
-    for warning in warnings:
-        click.echo(f"jobs-cli: warning: {warning}", err=True)
-    click.echo(f"jobs-cli: the jobs table in schema {ctx.obj.schema!r} is ready", err=True)
-
+                tell(f"created role {role}")
+        outcome = migrate(conn, ctx.obj.schema)
+    for warning in outcome.warnings:
+        tell(f"warning: {warning}")
+    if outcome.applied:
+        tell(f"applied: {', '.join(outcome.applied)}")
+    tell(f"the jobs table in schema {ctx.obj.schema!r} is "
+         + ("ready" if not outcome.pending else
+            f"ready; still pending: {', '.join(outcome.pending)}"))
 
 
 @click.command()
