@@ -32,13 +32,13 @@ import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Mapping, Sequence
+from typing import Mapping, Protocol, Sequence
 
 from . import config
 from .db import Database
 from .errors import DatabaseUnavailable, Fenced, NotStarted, Overlap, UpstreamNotReady
 from .fencing import this_wrapper
-from .recorder import LEASE_HEARTBEATS, Recorder
+from .recorder import LEASE_HEARTBEATS
 from .redact import recorded_command
 from .ringbuffer import tail_text
 from .runs import (Claim, Invocation, Run, RunResult, iso_seconds, validate_lookback,
@@ -72,7 +72,25 @@ class RunOptions:
     stop_on_lost_lease: bool = False
 
 
-def wrap(command: Sequence[str], options: RunOptions, recorder: Recorder) -> int:
+class RunRecorder(Protocol):
+    """What `wrap` needs to record a run. `recorder.Recorder` writes to the database;
+    the unit tests of `wrap` use one kept in memory."""
+
+    database: Database  # where nested `jobs-cli` calls of the command must go
+    ended_by_other: Run | None  # set when a heartbeat found the run ended by someone else
+    lease_renewed_at: float  # time.monotonic() of the last lease renewal that got through
+
+    def tell(self, message: str) -> None: ...
+
+    def claim(self, invocation: Invocation, *, lease_seconds: float, allow_overlap: bool,
+              lookback: float = 0, after: Sequence[str] = ()) -> Claim: ...
+
+    def heartbeat(self) -> None: ...
+
+    def record(self, result: RunResult) -> Run | None: ...
+
+
+def wrap(command: Sequence[str], options: RunOptions, recorder: RunRecorder) -> int:
     """Run `command` as a recorded run of `options.name`; return the wrapper's exit code.
 
     Raises NotStarted (the database failed before the start), Overlap (another
@@ -120,7 +138,7 @@ def wrap(command: Sequence[str], options: RunOptions, recorder: Recorder) -> int
     return outcome.exit_code
 
 
-def _supervise(command: Sequence[str], options: RunOptions, recorder: Recorder,
+def _supervise(command: Sequence[str], options: RunOptions, recorder: RunRecorder,
                claim: Claim | None, claimed_at: float, deadline: float | None,
                watchdog: Watchdog) -> Outcome:
     lease = LEASE_HEARTBEATS * options.heartbeat_seconds
@@ -145,7 +163,7 @@ def _how_it_ended(run: Run | None) -> str:
     return f"{run.status}: {lines[0]}" if lines else run.status
 
 
-def _claim(invocation: Invocation, options: RunOptions, recorder: Recorder,
+def _claim(invocation: Invocation, options: RunOptions, recorder: RunRecorder,
            deadline: float | None) -> tuple[Claim | None, float]:
     """The claimed run (None: an unclaimed --fail-open run) and the monotonic time of the claim."""
     waiting = False

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -11,11 +12,18 @@ import pytest
 from conftest import wait_until
 
 from jobs_cli import runs, spool
-from jobs_cli.db import Database
-from jobs_cli.errors import EXIT_TEMPFAIL, EXIT_UNAVAILABLE, NotStarted, Overlap
-from jobs_cli.recorder import Recorder
-from jobs_cli.states import SUCCESS
 from jobs_cli.config import ALLOW, WAIT
+from jobs_cli.db import Database
+from jobs_cli.errors import (
+    EXIT_TEMPFAIL,
+    EXIT_UNAVAILABLE,
+    DatabaseError,
+    DatabaseUnavailable,
+    NotStarted,
+    Overlap,
+)
+from jobs_cli.recorder import Recorder
+from jobs_cli.states import ERROR, SUCCESS
 from jobs_cli.wrapper import RunOptions, child_environment, wrap
 
 UNREACHABLE = "host=/nonexistent/jobs-cli-test port=5432 dbname=x user=x"
@@ -163,3 +171,101 @@ def test_fail_open_runs_it_unclaimed_and_spools_its_result(make_recorder, home, 
     assert "running 'w' anyway (--fail-open)" in told[0]
     assert "the --fail-open run of 'w' not recorded" in told[-1]
     assert len(spool.pending(home)) == 1
+
+
+# -- the same policy with an in-memory recorder -----------------------------------
+# No database: a recorder that keeps everything in lists shows what wrap() decides
+# on its own (what runs, what is recorded, what the user is told).
+
+def a_run(run_id: int, host: str = "etl1", pid: int = 4242) -> runs.Run:
+    return runs.Run(id=run_id, name="w", status="in_progress", start_date=NOW, end_date=None,
+                    message=None, records_processed=None, source="", destination="",
+                    host=host, pid=pid)
+
+
+@dataclass
+class MemoryRecorder:
+    """Answers claims as told and keeps what wrap() records and says."""
+
+    claims: list = field(default_factory=list)  # what each claim returns or raises, in turn
+    database: Database = field(default_factory=lambda: Database(home=Path("/srv/jobs")))
+    ended_by_other: runs.Run | None = None
+    lease_renewed_at: float = 0.0
+    told: list[str] = field(default_factory=list)
+    recorded: list[runs.RunResult] = field(default_factory=list)
+    heartbeats: int = 0
+
+    def tell(self, message: str) -> None:
+        self.told.append(message)
+
+    def claim(self, invocation, *, lease_seconds, allow_overlap, lookback=0, after=()):
+        answer = self.claims.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    def heartbeat(self) -> None:
+        self.heartbeats += 1
+
+    def record(self, result: runs.RunResult) -> runs.Run | None:
+        self.recorded.append(result)
+        return None
+
+
+def claimed(run_id: int = 7) -> runs.Claim:
+    return runs.Claim(run=a_run(run_id), blocking=None, last_success=None, abandoned=[])
+
+
+def test_a_success_is_recorded_as_the_claimed_run():
+    recorder = MemoryRecorder(claims=[claimed(7)])
+    assert wrap(["true"], RunOptions(name="w"), recorder) == 0
+    (result,) = recorder.recorded
+    assert (result.run_id, result.status, result.exit_code, result.headline) == (
+        7, SUCCESS, 0, "exit code 0")
+    assert result.start_date == NOW and result.elapsed >= 0 and recorder.told == []
+
+
+def test_a_failure_keeps_its_stderr_tail_and_says_so():
+    recorder = MemoryRecorder(claims=[claimed(7)])
+    assert wrap(["sh", "-c", "echo boom >&2; exit 3"], RunOptions(name="w"), recorder) == 3
+    (result,) = recorder.recorded
+    assert (result.status, result.exit_code, result.output) == (ERROR, 3, "boom\n")
+    assert recorder.told == ["run 7 of 'w' failed: exit code 3"]
+
+
+def test_a_live_run_skips_without_running_or_recording(tmp_path):
+    busy = runs.Claim(run=None, blocking=a_run(3, host="etl2", pid=99), last_success=None,
+                      abandoned=[])
+    recorder = MemoryRecorder(claims=[busy])
+    with pytest.raises(Overlap, match=r"^'w' is already running \(run 3, pid 99 on etl2"):
+        wrap(["touch", str(tmp_path / "ran")], RunOptions(name="w"), recorder)
+    assert not (tmp_path / "ran").exists() and recorder.recorded == []
+
+
+def test_an_unreachable_database_runs_nothing_unless_fail_open(tmp_path):
+    down = DatabaseUnavailable("cannot reach the database")
+    recorder = MemoryRecorder(claims=[down])
+    with pytest.raises(NotStarted):
+        wrap(["touch", str(tmp_path / "ran")], RunOptions(name="w"), recorder)
+    assert not (tmp_path / "ran").exists() and recorder.recorded == []
+
+    recorder = MemoryRecorder(claims=[down])
+    assert wrap(["touch", str(tmp_path / "ran")], RunOptions(name="w", fail_open=True),
+                recorder) == 0
+    (result,) = recorder.recorded
+    assert (tmp_path / "ran").exists() and result.run_id is None and "clock of" in result.note
+    assert recorder.told[0].endswith("running 'w' anyway (--fail-open), "
+                                     "to be recorded when the database is back")
+
+
+def test_a_database_that_refuses_the_run_runs_nothing_even_failing_open(tmp_path):
+    recorder = MemoryRecorder(claims=[DatabaseError("permission denied for table jobs")])
+    with pytest.raises(DatabaseError, match="permission denied"):
+        wrap(["touch", str(tmp_path / "ran")], RunOptions(name="w", fail_open=True), recorder)
+    assert not (tmp_path / "ran").exists() and recorder.recorded == []
+
+
+def test_a_missing_command_is_recorded_as_127():
+    recorder = MemoryRecorder(claims=[claimed(7)])
+    assert wrap(["/nonexistent/etl.sh"], RunOptions(name="w"), recorder) == 127
+    assert recorder.recorded[0].headline == "command not found: /nonexistent/etl.sh"
