@@ -43,13 +43,8 @@ from jobs_cli.server import EmbeddedServer
 
 JOBS_CLI = str(Path(sys.executable).parent / "jobs-cli")
 LOADER = Path(__file__).resolve().parent.parent / "tests" / "loader.py"
-TABLE = """
-CREATE TABLE {name} (
-    id          bigserial PRIMARY KEY,
-    v           text NOT NULL,
-    modified_at timestamptz NOT NULL DEFAULT now(),
-    xid         xid8 NOT NULL DEFAULT pg_current_xact_id()
-)"""
+sys.path.insert(0, str(LOADER.parent))
+from loader import TABLE  # noqa: E402 -- the simulation's source table, shared with the test
 MUST_MISS_NOTHING = ("by_time_lookback", "by_xid")
 
 

@@ -245,26 +245,27 @@ def validate_text(text: str | None, what: str) -> str | None:
         text.encode()
     except UnicodeEncodeError:
         # Bytes that are not UTF-8 on the command line arrive as lone surrogates.
-        raise InvalidInput(f"{what} {text[:40]!r}… is not valid UTF-8") from None
+        raise InvalidInput(f"{what} {text[:40]!r} is not valid UTF-8") from None
     if "\0" in text:
         raise InvalidInput(f"{what} contains a NUL character, which PostgreSQL cannot store")
     return text
 
 
+def _one_line(text: str, what: str) -> str:
+    """validate_text, and no control characters: names and cursors are typed, compared
+    and handed on through `$(...)` and the environment."""
+    validate_text(text, what)
+    if any(unicodedata.category(ch) == "Cc" for ch in text):
+        raise InvalidInput(f"{what} {text[:40]!r} contains a control character "
+                           "(newline, tab...)")
+    return text
+
+
 def validate_name(name: str) -> str:
     """Reject names a person could not tell apart or type; keep every other name exactly."""
-    if not isinstance(name, str):
-        raise InvalidInput(f"job name must be text, not {type(name).__name__}")
-    if not name or not name.strip():
+    if isinstance(name, str) and not name.strip():
         raise InvalidInput("job name must not be empty")
-    try:
-        name.encode()
-    except UnicodeEncodeError:
-        # Bytes that are not UTF-8 on the command line arrive as lone surrogates.
-        raise InvalidInput(f"job name {name!r} is not valid UTF-8") from None
-    if any(unicodedata.category(ch) == "Cc" for ch in name):
-        raise InvalidInput(f"job name {name!r} contains a control character")
-    return name
+    return _one_line(name, "job name")
 
 
 def validate_new_name(name: str) -> str:
@@ -296,14 +297,9 @@ def validate_cursor(cursor: str | None) -> str | None:
     environment variable must carry it unchanged."""
     if cursor is None:
         return None
-    if not isinstance(cursor, str) or not cursor:
+    if cursor == "":
         raise InvalidInput("a cursor must be non-empty text")
-    try:
-        cursor.encode()
-    except UnicodeEncodeError:
-        raise InvalidInput(f"cursor {cursor[:40]!r} is not valid UTF-8") from None
-    if any(unicodedata.category(ch) == "Cc" for ch in cursor):
-        raise InvalidInput(f"cursor {cursor[:40]!r} contains a control character (newline, tab...)")
+    _one_line(cursor, "cursor")
     if len(cursor.encode()) > MAX_CURSOR_BYTES:
         raise InvalidInput(f"cursor {cursor[:40]!r}… is longer than {MAX_CURSOR_BYTES} bytes")
     return cursor

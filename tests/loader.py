@@ -24,6 +24,16 @@ from psycopg import sql
 
 from jobs_cli import runs
 
+# The source table the simulations write and load: each row knows when and in which
+# transaction it was last written.
+TABLE = """
+CREATE TABLE {name} (
+    id          bigserial PRIMARY KEY,
+    v           text NOT NULL,
+    modified_at timestamptz NOT NULL DEFAULT now(),
+    xid         xid8 NOT NULL DEFAULT pg_current_xact_id()
+)"""
+
 # Rows that changed since a time: a look-back is the wrapper's (run --lookback).
 SINCE_TIME = "modified_at >= to_timestamp({since})"
 # Sequences are handed out at insert, not at commit: rows below the cursor can still appear.

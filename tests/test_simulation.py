@@ -24,17 +24,11 @@ from pathlib import Path
 import psycopg
 import pytest
 from conftest import wait_until
+from loader import TABLE
 
 LOADER = Path(__file__).with_name("loader.py")
 ROWS = 3  # per writer transaction
 
-TABLE = """
-CREATE TABLE {name} (
-    id          bigserial PRIMARY KEY,
-    v           text NOT NULL,
-    modified_at timestamptz NOT NULL DEFAULT now(),
-    xid         xid8 NOT NULL DEFAULT pg_current_xact_id()
-)"""
 
 # job name -> (loader mode, `run` options); each loads into a table of its name.
 LOADERS = {
