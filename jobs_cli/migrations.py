@@ -304,7 +304,8 @@ END
 $$;
 
 -- The names a statement changed, from its transition tables. An UPDATE that
--- leaves every summarised column alone (a heartbeat) changes none.
+-- leaves every summarised column alone (a heartbeat) changes none. Rows without
+-- a name (an adopted table may hold some) belong to no job and are not summarised.
 CREATE OR REPLACE FUNCTION jobs_summary_change() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER AS $$
 DECLARE
@@ -318,13 +319,13 @@ BEGIN
         INTO names, runs_delta, successes_delta, errors_delta
         FROM (SELECT name, count(*) AS n, count(*) FILTER (WHERE status = 'success') AS s,
                      count(*) FILTER (WHERE status = 'error') AS e
-              FROM new_rows GROUP BY name) d;
+              FROM new_rows WHERE name IS NOT NULL GROUP BY name) d;
     ELSIF TG_OP = 'DELETE' THEN
         SELECT array_agg(name), array_agg(-n), array_agg(-s), array_agg(-e)
         INTO names, runs_delta, successes_delta, errors_delta
         FROM (SELECT name, count(*) AS n, count(*) FILTER (WHERE status = 'success') AS s,
                      count(*) FILTER (WHERE status = 'error') AS e
-              FROM old_rows GROUP BY name) d;
+              FROM old_rows WHERE name IS NOT NULL GROUP BY name) d;
     ELSE
         WITH before AS (SELECT id, name, status, start_date, end_date, records_processed
                         FROM old_rows),
@@ -337,7 +338,7 @@ BEGIN
         INTO names, runs_delta, successes_delta, errors_delta
         FROM (SELECT name, sum(sign) AS n, coalesce(sum(sign) FILTER (WHERE status = 'success'), 0) AS s,
                      coalesce(sum(sign) FILTER (WHERE status = 'error'), 0) AS e
-              FROM changed GROUP BY name) d;
+              FROM changed WHERE name IS NOT NULL GROUP BY name) d;
     END IF;
     IF names IS NOT NULL THEN
         PERFORM jobs_summary_apply(names, runs_delta, successes_delta, errors_delta);
@@ -405,7 +406,7 @@ BEGIN
                                    array_agg(s ORDER BY name), array_agg(e ORDER BY name))
         FROM (SELECT name, count(*) AS n, count(*) FILTER (WHERE status = 'success') AS s,
                      count(*) FILTER (WHERE status = 'error') AS e
-              FROM jobs GROUP BY name) d;
+              FROM jobs WHERE name IS NOT NULL GROUP BY name) d;
     END IF;
 END
 $$"""),

@@ -12,7 +12,7 @@ import pytest
 
 from conftest import wait_until
 from jobs_cli import migrations, runs
-from jobs_cli.errors import DatabaseError, NoJobsTable
+from jobs_cli.errors import DatabaseError
 from jobs_cli.migrations import STEPS, VALIDATE, migrate, pending_steps, schema_sql
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -79,6 +79,19 @@ def test_adoption_keeps_every_row_and_reports_violations(original):
         assert f"1 existing row(s) break {constraint} (CHECK" in text
     assert set(outcome.pending) == VALIDATIONS
     assert outcome.applied == [step.name for step in STEPS if step.kind != VALIDATE]
+
+
+def test_a_table_with_nameless_rows_is_adopted_and_they_stay_out_of_the_summary(conn):
+    conn.execute(ORIGINAL_DDL.replace("name text NOT NULL", "name text"))
+    conn.execute("INSERT INTO api.jobs (name, start_date, status, source, destination)"
+                 " VALUES (NULL, now(), 'success', 'a', 'b')")
+    before = snapshot(conn)
+    migrate(conn, "api")
+    assert snapshot(conn) == before
+    assert conn.execute("SELECT name FROM api.jobs_summary ORDER BY name").fetchall() == [
+        ("good",), ("odd",)]
+    conn.execute("DELETE FROM api.jobs WHERE name IS NULL")  # the triggers take it too
+    assert conn.execute("SELECT count(*) FROM api.jobs_summary").fetchone() == (2,)
 
 
 def test_adopted_table_checks_new_rows(original):

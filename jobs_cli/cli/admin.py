@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from ..errors import EXIT_NOT_RUNNING
-from .common import connection, tell
+from .common import tell
 
 # What the script sets to ask jobs-cli for completions; click's name for it.
 COMPLETE_VARIABLE = "_JOBS_CLI_COMPLETE"
