@@ -44,12 +44,6 @@ class Refused(JobsError):
     """The request is well formed but would change a run it must not change."""
 
 
-class NoSuccess(JobsError):
-    """The job has never succeeded; `last-success` exits 3."""
-
-    exit_code = EXIT_NO_SUCCESS
-
-
 class DatabaseError(JobsError):
     """The database refused a statement (schema missing, constraint broken...)."""
 

@@ -17,7 +17,7 @@ from functools import cache
 from typing import TYPE_CHECKING, Any, NoReturn, Sequence
 
 from .config import INT4_MAX
-from .errors import InvalidInput, NoSuccess, NotFound, Refused
+from .errors import InvalidInput, NotFound, Refused
 from .text import jsonable
 from .states import DEAD, ENDED, LIVE, RUNNING, SUCCESS
 
@@ -408,15 +408,6 @@ def next_watermark(conn: "psycopg.Connection", schema: str, name: str, *,
     params = {"name": validate_name(name), "lookback": validate_lookback(lookback)}
     with conn.cursor(row_factory=class_row(Watermark)) as cur:
         return cur.execute(statement(NEXT_WATERMARK, schema), params).fetchone()
-
-
-def last_success(conn: "psycopg.Connection", schema: str, name: str, *,
-                 lookback: float = 0) -> int:
-    """The watermark's time, raising NoSuccess when the job never succeeded."""
-    since = next_watermark(conn, schema, name, lookback=lookback).since
-    if since is None:
-        raise NoSuccess(f"{name!r} has never succeeded")
-    return since
 
 
 def iso_seconds(epoch: int) -> str:

@@ -7,7 +7,7 @@ from datetime import timedelta
 import pytest
 
 from jobs_cli import runs
-from jobs_cli.errors import InvalidInput, NoSuccess, NotFound, Refused
+from jobs_cli.errors import InvalidInput, NotFound, Refused
 
 SCHEMA = "public"
 
@@ -91,24 +91,23 @@ def test_last_success_is_start_of_run_that_ended_last(conn):
     insert(conn, "j", "success", "2024-01-01T11:00:00Z", "2024-01-01T11:30:00Z")
     insert(conn, "j", "error", "2024-01-02T00:00:00Z", "2024-01-02T01:00:00Z")
     insert(conn, "other", "success", "2025-01-01T00:00:00Z", "2025-01-01T00:00:01Z")
-    assert runs.last_success(conn, SCHEMA, "j") == 1704103200  # 2024-01-01T10:00:00Z
+    assert runs.next_watermark(conn, SCHEMA, "j").since == 1704103200  # 2024-01-01T10:00:00Z
 
 
 def test_last_success_floors_fractional_seconds(conn):
     insert(conn, "j", "success", "2024-01-01T10:00:00.999Z", "2024-01-01T12:00:00Z")
-    assert runs.last_success(conn, SCHEMA, "j") == 1704103200
+    assert runs.next_watermark(conn, SCHEMA, "j").since == 1704103200
 
 
 def test_last_success_before_1970_floors_toward_minus_infinity(conn):
     insert(conn, "j", "success", "1969-12-31T23:59:59.5Z", "1970-01-01T00:00:00Z")
-    assert runs.last_success(conn, SCHEMA, "j") == -1
+    assert runs.next_watermark(conn, SCHEMA, "j").since == -1
 
 
 def test_never_succeeded(conn):
     insert(conn, "j", "error", "2024-01-01T10:00:00Z", "2024-01-01T12:00:00Z")
     runs.start_run(conn, SCHEMA, "j")
-    with pytest.raises(NoSuccess):
-        runs.last_success(conn, SCHEMA, "j")
+    assert runs.next_watermark(conn, SCHEMA, "j").since is None
     assert runs.last_start(conn, SCHEMA, "j", "error") == 1704103200
 
 
@@ -118,7 +117,7 @@ def test_answers_do_not_depend_on_session_time_zone(conn):
     for zone in ("UTC", "America/Los_Angeles", "Asia/Kolkata", "Pacific/Chatham"):
         conn.execute(f"SET TIME ZONE '{zone}'")
         run = runs.get_run(conn, SCHEMA, 1)
-        answers.add((runs.last_success(conn, SCHEMA, "j"), run.as_dict()["start_date"]))
+        answers.add((runs.next_watermark(conn, SCHEMA, "j").since, run.as_dict()["start_date"]))
     assert answers == {(1719786600, "2024-06-30T22:30:00Z")}
 
 
@@ -171,14 +170,14 @@ def test_new_names_are_capped_but_longer_adopted_names_can_be_read(conn):
     with pytest.raises(InvalidInput, match="longer than 255"):
         runs.start_run(conn, SCHEMA, "x" * 256)
     insert(conn, "y" * 300, "success", "2024-01-01T10:00:00Z", "2024-01-01T12:00:00Z")
-    assert runs.last_success(conn, SCHEMA, "y" * 300) == 1704103200
+    assert runs.next_watermark(conn, SCHEMA, "y" * 300).since == 1704103200
 
 
 def test_a_look_back_is_taken_off_the_floored_watermark_in_whole_seconds(conn):
     insert(conn, "j", "success", "2024-01-01T10:00:00.999Z", "2024-01-01T12:00:00Z")
     assert runs.next_watermark(conn, SCHEMA, "j", lookback=600).since == 1704103200 - 600
     # Rounded up: a shorter look-back than asked could miss rows.
-    assert runs.last_success(conn, SCHEMA, "j", lookback=0.2) == 1704103200 - 1
+    assert runs.next_watermark(conn, SCHEMA, "j", lookback=0.2).since == 1704103200 - 1
     assert runs.next_watermark(conn, SCHEMA, "never", lookback=600).since is None
     with pytest.raises(InvalidInput):
         runs.next_watermark(conn, SCHEMA, "j", lookback=-1)

@@ -37,7 +37,7 @@ def test_a_reset_makes_an_earlier_runs_watermark_and_cursor_current_until_a_late
     runs.end_run(conn, SCHEMA, going.id, "success", cursor="99")
     # Its success does not end the reset: it loaded from the old watermark.
     assert runs.next_watermark(conn, SCHEMA, "j") == runs.Watermark(epoch(second), "10")
-    assert runs.last_success(conn, SCHEMA, "j", lookback=60) == epoch(second) - 60
+    assert runs.next_watermark(conn, SCHEMA, "j", lookback=60).since == epoch(second) - 60
     failed = success(conn, "j", cursor="50", status="error")
     assert runs.next_watermark(conn, SCHEMA, "j").cursor == "10" and failed
     after = success(conn, "j")  # started after the reset, reported no cursor
