@@ -130,13 +130,18 @@ ENDED_BY = "SELECT end_key FROM {table} WHERE id = %(id)s"
 
 SELECT_RUN = "SELECT {columns} FROM {table} WHERE id = %(id)s"
 
+# Which success is "the last": the last to end, as the original decided (the
+# answer is then its start). The order of the index jobs_success_by_name, and
+# the one spelling of it for every statement that picks a last success.
+LAST_TO_END = "ORDER BY end_date DESC NULLS LAST, id DESC"
+
 # "Most recent" by end_date as the original did; the answer is the run's start.
 # For success, WATERMARK_STATE below is the rule.
 LAST_START_BY_STATUS = """
 SELECT floor(extract(epoch FROM start_date))::bigint
 FROM {table}
 WHERE name = %(name)s AND status = %(status)s
-ORDER BY end_date DESC NULLS LAST, id DESC
+""" + LAST_TO_END + """
 LIMIT 1
 """
 
@@ -165,13 +170,13 @@ state AS (
         SELECT id, start_date FROM {table}
         WHERE name = %(name)s AND status = 'success'
           AND start_date > coalesce(reset.reset_at, '-infinity')
-        ORDER BY end_date DESC NULLS LAST, id DESC
+        """ + LAST_TO_END + """
         LIMIT 1) AS last ON true
     LEFT JOIN LATERAL (
         SELECT cursor FROM {table}
         WHERE name = %(name)s AND status = 'success' AND cursor IS NOT NULL
           AND start_date > coalesce(reset.reset_at, '-infinity')
-        ORDER BY end_date DESC NULLS LAST, id DESC
+        """ + LAST_TO_END + """
         LIMIT 1) AS last_cursor ON true
 )"""
 
@@ -503,7 +508,7 @@ upstream AS (
            (SELECT id FROM {{table}}
             WHERE name = up.name AND status = 'success'
               AND end_date > coalesce(state.watermark, '-infinity')
-            ORDER BY end_date DESC NULLS LAST, id DESC
+            {LAST_TO_END}
             LIMIT 1) AS run_id
     FROM state CROSS JOIN unnest(%(after)s::text[]) WITH ORDINALITY AS up(name, ord)
 ),

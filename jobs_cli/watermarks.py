@@ -42,7 +42,7 @@ SELECT %(name)s, clock_timestamp(), %(run_id)s, target.start_date,
             WHERE name = %(name)s AND status = 'success' AND cursor IS NOT NULL
               AND (coalesce(end_date, '-infinity'), id)
                   <= (coalesce(target.end_date, '-infinity'), target.id)
-            ORDER BY end_date DESC NULLS LAST, id DESC
+            """ + runs.LAST_TO_END + """
             LIMIT 1)
        END,
        %(username)s, %(host)s
@@ -60,7 +60,7 @@ SELECT * FROM (
             NULL::text AS made_by
      FROM {table}
      WHERE name = %(name)s AND status = 'success'
-     ORDER BY end_date DESC NULLS LAST, id DESC
+     """ + runs.LAST_TO_END + """
      LIMIT %(limit)s)
     UNION ALL
     (SELECT 'reset', id, reset_at, NULL, watermark, NULL, cursor, NULL, NULL, to_run,
