@@ -187,21 +187,22 @@ INSERT INTO jobs_cli_migrations (name) SELECT 'index jobs_name_status_start' FRO
 -- step: view jobs_latest
 BEGIN;
 CREATE OR REPLACE VIEW jobs_latest AS
-    WITH RECURSIVE names(name) AS (
-        (SELECT name FROM jobs ORDER BY name LIMIT 1)
-        UNION ALL
-        SELECT (SELECT j.name FROM jobs j WHERE j.name > names.name ORDER BY j.name LIMIT 1)
-        FROM names
-        WHERE names.name IS NOT NULL
-    )
-    SELECT latest.*
+WITH RECURSIVE
+names(name) AS (
+    (SELECT name FROM jobs ORDER BY name LIMIT 1)
+    UNION ALL
+    SELECT (SELECT j.name FROM jobs j WHERE j.name > names.name ORDER BY j.name LIMIT 1)
     FROM names
-    CROSS JOIN LATERAL (
-        SELECT * FROM jobs
-        WHERE jobs.name = names.name
-        ORDER BY start_date DESC, id DESC
-        LIMIT 1
-    ) latest;
+    WHERE names.name IS NOT NULL
+)
+SELECT latest.*
+FROM names
+CROSS JOIN LATERAL (
+    SELECT * FROM jobs
+    WHERE jobs.name = names.name
+    ORDER BY start_date DESC, id DESC
+    LIMIT 1
+) latest;
 INSERT INTO jobs_cli_migrations (name) VALUES ('view jobs_latest') ON CONFLICT DO NOTHING;
 COMMIT;
 
@@ -468,21 +469,22 @@ INSERT INTO jobs_cli_migrations (name) SELECT 'index jobs_cursor_by_name' FROM p
 -- step: view jobs_latest with the columns above
 BEGIN;
 CREATE OR REPLACE VIEW jobs_latest AS
-    WITH RECURSIVE names(name) AS (
-        (SELECT name FROM jobs ORDER BY name LIMIT 1)
-        UNION ALL
-        SELECT (SELECT j.name FROM jobs j WHERE j.name > names.name ORDER BY j.name LIMIT 1)
-        FROM names
-        WHERE names.name IS NOT NULL
-    )
-    SELECT latest.*
+WITH RECURSIVE
+names(name) AS (
+    (SELECT name FROM jobs ORDER BY name LIMIT 1)
+    UNION ALL
+    SELECT (SELECT j.name FROM jobs j WHERE j.name > names.name ORDER BY j.name LIMIT 1)
     FROM names
-    CROSS JOIN LATERAL (
-        SELECT * FROM jobs
-        WHERE jobs.name = names.name
-        ORDER BY start_date DESC, id DESC
-        LIMIT 1
-    ) latest;
+    WHERE names.name IS NOT NULL
+)
+SELECT latest.*
+FROM names
+CROSS JOIN LATERAL (
+    SELECT * FROM jobs
+    WHERE jobs.name = names.name
+    ORDER BY start_date DESC, id DESC
+    LIMIT 1
+) latest;
 INSERT INTO jobs_cli_migrations (name) VALUES ('view jobs_latest with the columns above') ON CONFLICT DO NOTHING;
 COMMIT;
 

@@ -20,7 +20,7 @@ from .runs import statement
 
 MAX_NAMES = 200
 
-# The names from `prefix` on, one index descent each (as monitor's ALL_NAMES),
+# The names from `prefix` on, one index descent each (as runs.ALL_NAMES),
 # stopping at the first that does not start with it.
 NAMES_STARTING_WITH = """
 WITH RECURSIVE names(name, n) AS (

@@ -63,6 +63,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Literal
 
 from .errors import DatabaseError, NoJobsTable
+from .runs import ALL_NAMES
 from .text import error_line
 
 if TYPE_CHECKING:
@@ -114,21 +115,15 @@ CHECKS = {
 }
 
 JOBS_LATEST = """CREATE OR REPLACE VIEW jobs_latest AS
-    WITH RECURSIVE names(name) AS (
-        (SELECT name FROM jobs ORDER BY name LIMIT 1)
-        UNION ALL
-        SELECT (SELECT j.name FROM jobs j WHERE j.name > names.name ORDER BY j.name LIMIT 1)
-        FROM names
-        WHERE names.name IS NOT NULL
-    )
-    SELECT latest.*
-    FROM names
-    CROSS JOIN LATERAL (
-        SELECT * FROM jobs
-        WHERE jobs.name = names.name
-        ORDER BY start_date DESC, id DESC
-        LIMIT 1
-    ) latest"""
+WITH RECURSIVE""" + ALL_NAMES.format(table="jobs") + """
+SELECT latest.*
+FROM names
+CROSS JOIN LATERAL (
+    SELECT * FROM jobs
+    WHERE jobs.name = names.name
+    ORDER BY start_date DESC, id DESC
+    LIMIT 1
+) latest"""
 
 STEPS: tuple[Step, ...] = (
     Step("create table jobs", """CREATE TABLE IF NOT EXISTS jobs (

@@ -69,15 +69,6 @@ RUN_VIEW_COLUMNS = """
                        - start_date)::float8 AS duration_seconds,
     extract(epoch FROM now() - start_date)::float8 AS age_seconds"""
 
-# Every job name, one index descent each; ends with a NULL row callers filter out.
-ALL_NAMES = """
-names(name) AS (
-    (SELECT name FROM {table} ORDER BY name LIMIT 1)
-    UNION ALL
-    SELECT (SELECT j.name FROM {table} j WHERE j.name > names.name ORDER BY j.name LIMIT 1)
-    FROM names
-    WHERE names.name IS NOT NULL
-)"""
 
 GIVEN_NAMES = """
 names(name, position) AS (
@@ -112,7 +103,7 @@ LIMIT %(limit)s
 # under most collations, so it filters the enumerated names, not the rows. The
 # merge needs only (start_date, id), which the indexes hold: only the runs
 # that make the cut are read from the table.
-NEWEST_RUNS_PER_NAME = "WITH RECURSIVE " + ALL_NAMES + """,
+NEWEST_RUNS_PER_NAME = "WITH RECURSIVE " + runs.ALL_NAMES + """,
 newest AS (
     SELECT newest.id
     FROM names

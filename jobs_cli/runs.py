@@ -135,6 +135,18 @@ SELECT_RUN = "SELECT {columns} FROM {table} WHERE id = %(id)s"
 # the one spelling of it for every statement that picks a last success.
 LAST_TO_END = "ORDER BY end_date DESC NULLS LAST, id DESC"
 
+# Every job name, one index descent each (a loose index scan: DISTINCT would
+# read every row); ends with a NULL row callers filter out. The one spelling,
+# for the jobs_latest view and the views' queries.
+ALL_NAMES = """
+names(name) AS (
+    (SELECT name FROM {table} ORDER BY name LIMIT 1)
+    UNION ALL
+    SELECT (SELECT j.name FROM {table} j WHERE j.name > names.name ORDER BY j.name LIMIT 1)
+    FROM names
+    WHERE names.name IS NOT NULL
+)"""
+
 # "Most recent" by end_date as the original did; the answer is the run's start.
 # For success, WATERMARK_STATE below is the rule.
 LAST_START_BY_STATUS = """
