@@ -82,10 +82,6 @@ def load(path: Path) -> dict[str, Any]:
     return entry
 
 
-def rejected_dir(home: Path) -> Path:
-    return spool_dir(home) / "rejected"
-
-
 def reject(path: Path) -> Path:
     """Move an entry the database refuses for good out of the way; return where it went.
 
