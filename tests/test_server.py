@@ -15,7 +15,8 @@ import pytest
 from conftest import private_dir
 
 from jobs_cli import spool
-from jobs_cli.server import EmbeddedServer
+from jobs_cli.errors import ServerError
+from jobs_cli.server import EmbeddedServer, _fsync_tree
 
 as_root = pytest.mark.skipif(os.geteuid() != 0, reason="checks what happens as root")
 
@@ -329,18 +330,25 @@ def test_as_root_the_server_runs_as_jobs_server_user(env, home):
         run(env, "server", "stop")
 
 
-@pytest.mark.parametrize("version, option", [
-    ("initdb (PostgreSQL) 18.6", ["--sync-method=syncfs"]),
-    ("initdb (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)", []),
-])
-def test_initdb_syncs_the_new_cluster_with_one_syncfs_where_it_can(home, tmp_path, monkeypatch,
-                                                                    version, option):
-    """A cluster durable at creation (not --no-sync), at the price of one syncfs();
-    an initdb older than 17 (JOBS_PG_BINDIR) syncs file by file."""
-    initdb = tmp_path / "initdb"
-    initdb.write_text(f"#!/bin/sh\necho '{version}'\n")
-    initdb.chmod(0o755)
-    monkeypatch.setenv("JOBS_PG_BINDIR", str(tmp_path))
-    assert EmbeddedServer(home)._sync_option(None) == option
-    monkeypatch.delenv("JOBS_PG_BINDIR")
-    assert EmbeddedServer(home)._sync_option(None) == ["--sync-method=syncfs"]  # the wheel's
+def test_syncing_a_new_cluster_reaches_every_file_and_reports_a_failure(tmp_path):
+    (tmp_path / "base" / "1").mkdir(parents=True)
+    (tmp_path / "base" / "1" / "1259").write_bytes(b"x" * 8192)
+    (tmp_path / "gone").symlink_to(tmp_path / "nowhere")  # as a file the server removed
+    _fsync_tree(tmp_path)()
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    with pytest.raises(ServerError, match=f"^cannot make the new cluster durable: {tmp_path}/loop: "):
+        _fsync_tree(tmp_path)()
+
+
+def test_a_server_started_before_its_cluster_was_durable_is_not_used_but_made_again(env, home):
+    """The creator died between starting the server and removing the marker (the
+    cluster's files being synced meanwhile): no client may store a run there, and
+    the next start stops that server and makes the cluster again."""
+    assert run(env, "start", "a").returncode == 0
+    (before,) = postmasters(home)
+    (home / "initdb.incomplete").write_text("")
+    assert EmbeddedServer(home).address() is None
+    result = run(env, "start", "a")
+    assert (result.returncode, result.stdout) == (0, "1\n"), result.stderr
+    assert not (home / "initdb.incomplete").exists()
+    assert postmasters(home) != [before] and len(postmasters(home)) == 1
