@@ -52,6 +52,16 @@ Never blocking a live table
     lock (usable through PgBouncer in transaction mode), and each checks again
     that the step is still pending once it holds the lock.
 
+A new schema in one transaction
+    Where neither the jobs table nor the steps' table exists yet (the embedded
+    server's first use, `init` on an empty database), there is no live table to
+    spare: every step runs in one transaction, under the bootstrap step's lock,
+    indexes built plainly (the table is new in that very transaction, nobody
+    else can see it), and all are recorded and granted at once: one commit (one
+    WAL flush) and a few round trips instead of ~26 of each (90 -> 50 ms for
+    the embedded server's first call). An applier that finds either table once
+    it holds the lock goes step by step, as above, and finds the steps done.
+
 The library never prints: warnings (rows breaking a constraint, steps left
 pending) are returned in `Outcome` or handed to a `tell` callback.
 """
@@ -570,6 +580,11 @@ def _migrate(conn: "psycopg.Connection", schema: str, create: bool, validations:
         done = None
     applier = _Applier(conn, schema, lock_timeout, attempts)
     if done is None:
+        if create and applier.create_all(validations):
+            outcome.applied = [step.name for step in STEPS
+                               if validations or step.kind != VALIDATE]
+            outcome.pending = [step.name for step in STEPS if step.name not in outcome.applied]
+            return outcome
         applier.bootstrap(create)
         done = set()
     for step in STEPS:
@@ -615,6 +630,46 @@ class _Applier:
                 sql.Identifier(self.schema, MIGRATIONS_TABLE)), (self.table.as_string(self.conn),))
 
         self._in_transaction("bootstrap", run, record=False)
+
+    def create_all(self, validations: bool) -> bool:
+        """Every step in one transaction, if neither the table nor the record of steps
+        exists once the bootstrap lock is held (see the module docstring); whether it did."""
+        from psycopg import sql
+
+        from .roles import grant
+
+        created = False
+
+        def run() -> None:
+            nonlocal created
+            if self.conn.execute(
+                    "SELECT to_regclass(%s) IS NOT NULL OR to_regclass(%s) IS NOT NULL",
+                    (self.table.as_string(self.conn),
+                     qualified(self.conn, self.schema, MIGRATIONS_TABLE))).fetchone()[0]:
+                return
+            self.conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(
+                sql.Identifier(self.schema)))
+            self.conn.execute(MIGRATIONS_DDL)
+            applied = []
+            for step in STEPS:
+                if step.kind == DDL:
+                    self.conn.execute(step.sql)
+                elif step.kind == INDEX:
+                    # CONCURRENTLY cannot run in a transaction, nor has anyone to spare here.
+                    self.conn.execute(sql.SQL(step.sql.replace(" CONCURRENTLY", "", 1)).format(
+                        table=self.table))
+                elif validations:
+                    self._validate_if_needed(step)  # an empty table: nothing breaks it
+                else:
+                    continue
+                applied.append(step.name)
+            self.conn.execute(sql.SQL("INSERT INTO {} (name) SELECT unnest(%s::text[])").format(
+                sql.Identifier(self.schema, MIGRATIONS_TABLE)), (applied,))
+            grant(self.conn, self.schema)
+            created = True
+
+        self._in_transaction("bootstrap", run, record=False)
+        return created
 
     def grant(self) -> None:
         """Grant the roles of roles.py what they need on objects the steps made."""
