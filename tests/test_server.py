@@ -352,3 +352,15 @@ def test_a_server_started_before_its_cluster_was_durable_is_not_used_but_made_ag
     assert (result.returncode, result.stdout) == (0, "1\n"), result.stderr
     assert not (home / "initdb.incomplete").exists()
     assert postmasters(home) != [before] and len(postmasters(home)) == 1
+
+
+def test_a_server_that_cannot_start_is_one_line_naming_its_log(env, home):
+    assert run(env, "start", "a").returncode == 0
+    assert run(env, "server", "stop").returncode == 0
+    with open(home / "data" / "postgresql.conf", "a") as conf:
+        conf.write("no_such_setting = 1\n")
+    result = run(env, "start", "a")
+    assert result.returncode == 1
+    assert result.stderr.startswith("jobs-cli: cannot start the embedded server: ")
+    assert result.stderr.endswith(f"(see {home}/log/startup.log)\n")
+    assert "postgresql.conf\" contains errors" in result.stderr and result.stderr.count("\n") == 1
