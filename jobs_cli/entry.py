@@ -12,6 +12,7 @@ Ctrl-C in that last moment ends it at once, with the same line.
 from __future__ import annotations
 
 import os
+import sys
 
 # The interpreter's own, loaded before any code runs: the `signal` module would
 # add to what `jobs-cli --help` loads.
@@ -30,9 +31,21 @@ def main() -> None:
             run_command()  # ends with SystemExit
         finally:
             _exit_at_once_on_ctrl_c()
+            _skip_last_collection()
     except KeyboardInterrupt:
         _say_interrupted()
         raise SystemExit(_EXIT_INTERRUPTED) from None
+
+
+def _skip_last_collection() -> None:
+    """The interpreter's last garbage collection walks every object psycopg and
+    asyncio made: ~40 ms of a command's exit, for nothing (the process ends; files
+    and connections are closed where they are used). `--help` loads neither, and
+    not even `gc` (tests/test_cli.py)."""
+    if "psycopg" in sys.modules:
+        import gc
+
+        gc.freeze()
 
 
 def _say_interrupted() -> None:
