@@ -125,6 +125,9 @@ def _head_start(database: Database) -> None:
 
     `_connect_embedded` then waits for it on the server lock. Whatever goes wrong
     in the thread, the same call in `_connect_embedded` meets again and reports.
+    A cluster created just now gets its schema from the thread too, while its
+    files are synced (`EmbeddedServer.ensure_running`): 50-100 ms that would
+    otherwise follow the sync.
     """
     from .server import EmbeddedServer
 
@@ -132,9 +135,16 @@ def _head_start(database: Database) -> None:
     if server.conninfo() is None:
         import threading
 
+        def schema(conninfo: str) -> None:
+            try:
+                with _open(conninfo) as conn:
+                    ensure_schema(conn, database)
+            except Exception:
+                pass  # the command's own connection applies it, or says why not
+
         def start() -> None:
             try:
-                server.ensure_running()
+                server.ensure_running(meanwhile=schema)
             except Exception:
                 pass  # reported by the caller's own ensure_running
 

@@ -33,7 +33,8 @@ Durable at creation
     (25 ms to 0.8 s here). Instead initdb runs with --no-sync and the ~1,000
     files it wrote are fsync()ed by SYNC_THREADS threads at once (a
     journalling file system commits concurrent fsyncs together) while the
-    server starts; only then is the marker removed. Until it is, no client uses
+    server starts and the first call creates the schema (`ensure_running`'s
+    `meanwhile`); only then is the marker removed. Until it is, no client uses
     the server (`address` says it is not ready) and none can commit a run that
     a re-creation would lose.
 
@@ -96,6 +97,7 @@ START_TIMEOUT_SECONDS = 60
 SOCKET_PATH_LIMIT = 107
 SOCKET_NAME = f".s.PGSQL.{PORT}.lock"
 INCOMPLETE_MARKER = "initdb.incomplete"
+START = "start the embedded server"
 READY_POLL_SECONDS = 0.005
 # fsync()s in flight at once while making a new cluster durable (see the module doc).
 SYNC_THREADS = 8
@@ -171,15 +173,32 @@ class EmbeddedServer:
 
     # -- slow path: under the lock ------------------------------------------
 
-    def ensure_running(self) -> str:
-        """Create and start the cluster as needed; return its conninfo."""
+    def ensure_running(self, meanwhile: Callable[[str], object] | None = None) -> str:
+        """Create and start the cluster as needed; return its conninfo.
+
+        `meanwhile(conninfo)` is called when the cluster was created just now, once
+        its server is up and while its files are being synced, before anyone else
+        may use it: for work that a re-creation (after a crash before the files
+        are on disk) would undo without loss, such as creating the schema.
+        """
         with self._lock():
             user = self._server_user()
-            synced = None if self._initialized() else self._create(user)
+            new = not self._initialized()
+            if new:
+                self._create(user)
+            postmaster = None
             if self._postmaster_pid() is None:
                 self._remove_stale_pid_file()
-                self._start(user)
-            if synced is not None:
+                postmaster = self._spawn(user)
+            if new:
+                # While the server starts; walked once it is spawned (the walk holds the GIL).
+                synced = _fsync_tree(self.data_dir)
+            if postmaster is not None:
+                self._wait_started(postmaster, user)
+            if new:
+                ready = self._ready()
+                if meanwhile is not None and ready is not None:
+                    meanwhile(conninfo_for(*ready[1:]))
                 synced()
                 self.incomplete_marker.unlink()
                 _fsync(self.home)  # the marker's removal too (and data/'s entry)
@@ -274,8 +293,7 @@ class EmbeddedServer:
         if user is not None:
             os.chown(path, user.pw_uid, user.pw_gid)
 
-    def _create(self, user: pwd.struct_passwd | None) -> Callable[[], None]:
-        """initdb; returns a function that waits until the new cluster is on disk."""
+    def _create(self, user: pwd.struct_passwd | None) -> None:
         if self.incomplete_marker.exists():
             # A creation of ours that did not finish: everything in data/ is initdb's.
             if self._postmaster_pid() is not None:
@@ -296,7 +314,6 @@ class EmbeddedServer:
                  user=user, what="create the embedded cluster")
         with open(self.data_dir / "postgresql.conf", "a") as conf:
             conf.write(SERVER_CONF)
-        return _fsync_tree(self.data_dir)
 
     def _refuse_foreign_data_dir(self) -> None:
         """Refuse a data/ that exists and is not empty: it is not ours to overwrite."""
@@ -320,11 +337,11 @@ class EmbeddedServer:
             else:
                 leftover.unlink()
 
-    def _start(self, user: pwd.struct_passwd | None) -> None:
-        """Start the postmaster as `pg_ctl start -w` would, but look for its readiness
-        every READY_POLL_SECONDS: pg_ctl looks every 0.1 s, for a server ready in
-        ~30 ms (a tenth of the first call's time went waiting for pg_ctl)."""
-        what = "start the embedded server"
+    # The postmaster is started as `pg_ctl start -w` would, but its readiness is looked
+    # for every READY_POLL_SECONDS: pg_ctl looks every 0.1 s, for a server ready in
+    # ~30-50 ms (a tenth of the first call's time went waiting for pg_ctl).
+
+    def _spawn(self, user: pwd.struct_passwd | None) -> subprocess.Popen:
         socket_dir = self._socket_dir(user)
         log = self.log_dir / "startup.log"
         command = self._command("postgres", ("-D", str(self.data_dir), "-k", str(socket_dir),
@@ -333,17 +350,20 @@ class EmbeddedServer:
         try:
             if user is not None:
                 os.fchown(output, user.pw_uid, user.pw_gid)  # as pg_ctl -l leaves it
-            postmaster = subprocess.Popen(command, stdout=output, stderr=output,
-                                          **self._as_server(user))
+            return subprocess.Popen(command, stdout=output, stderr=output,
+                                    **self._as_server(user))
         except OSError as exc:
-            raise self._failure(what, f"{command[0]}: {exc.strerror}", user) from None
+            raise self._failure(START, f"{command[0]}: {exc.strerror}", user) from None
         finally:
             os.close(output)
+
+    def _wait_started(self, postmaster: subprocess.Popen, user: pwd.struct_passwd | None) -> None:
+        log = self.log_dir / "startup.log"
         deadline = time.monotonic() + START_TIMEOUT_SECONDS
         while (ready := self._ready()) is None or ready[0] != postmaster.pid:
             if postmaster.poll() is not None:
                 lines = log.read_text(errors="replace").strip().splitlines()
-                raise self._failure(what, f"{lines[-1] if lines else 'it exited'} (see {log})",
+                raise self._failure(START, f"{lines[-1] if lines else 'it exited'} (see {log})",
                                     user)
             if time.monotonic() > deadline:
                 raise ServerError(f"the embedded server did not become ready; see {log}")
@@ -504,7 +524,9 @@ def _fsync_tree(root: Path) -> Callable[[], None]:
     returns a function that waits for them all and raises ServerError if one failed."""
     failures: list[OSError] = []
     paths: list[str] = []
-    for directory, _, files in os.walk(root, onerror=failures.append):
+    # The server starting meanwhile removes files (its relcache init files): gone, not failed.
+    for directory, _, files in os.walk(root, onerror=lambda exc: isinstance(
+            exc, FileNotFoundError) or failures.append(exc)):
         paths.append(directory)
         paths.extend(os.path.join(directory, name) for name in files)
 
@@ -517,7 +539,7 @@ def _fsync_tree(root: Path) -> Callable[[], None]:
             try:
                 _fsync(path)
             except FileNotFoundError:
-                pass  # removed since by the starting server (its relcache init files)
+                pass
             except OSError as exc:
                 failures.append(exc)
 

@@ -340,6 +340,23 @@ def test_syncing_a_new_cluster_reaches_every_file_and_reports_a_failure(tmp_path
         _fsync_tree(tmp_path)()
 
 
+def test_work_meanwhile_is_done_on_a_new_cluster_before_anyone_may_use_it(home):
+    """ensure_running's `meanwhile` (the first call's schema, while the new cluster's
+    files are synced) sees a running server that no client is told about yet."""
+    server = EmbeddedServer(home)
+    seen = []
+
+    def meanwhile(conninfo):
+        with psycopg.connect(conninfo) as conn:
+            conn.execute("SELECT 1")
+        seen.append(((home / "initdb.incomplete").exists(), server.address()))
+
+    server.ensure_running(meanwhile=meanwhile)
+    assert seen == [(True, None)]
+    server.ensure_running(meanwhile=meanwhile)  # an existing cluster: not called
+    assert len(seen) == 1 and server.address() is not None
+
+
 def test_a_server_started_before_its_cluster_was_durable_is_not_used_but_made_again(env, home):
     """The creator died between starting the server and removing the marker (the
     cluster's files being synced meanwhile): no client may store a run there, and
