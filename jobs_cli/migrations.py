@@ -546,17 +546,22 @@ def may_apply(conn: "psycopg.Connection", schema: str) -> bool:
 
 def migrate(conn: "psycopg.Connection", schema: str, *, create: bool = True,
             validations: bool = True, lock_timeout: float = LOCK_TIMEOUT_SECONDS,
-            attempts: int = LOCK_ATTEMPTS, exclusive: bool = False) -> Outcome:
+            attempts: int = LOCK_ATTEMPTS, exclusive: bool = False,
+            synchronous: bool = True) -> Outcome:
     """Apply the pending steps to `schema` in order; `conn` must be in autocommit.
 
     `create`: create the schema and table if missing, and grant the roles
     (`init`); otherwise a missing table raises NoJobsTable. `validations`: run VALIDATE steps (`init`
     only). `exclusive`: hold a session-level advisory lock for the whole run
     (never through a pooler), so a concurrent applier waits and finds all done.
+    `synchronous=False`: a brand-new schema's commit does not wait for its WAL
+    flush. Any later synchronous commit (a run recorded in it) flushes it
+    first; a crash before that loses the new schema whole, never part of it
+    (for the embedded server's first use, which the next use makes again).
     Raises DatabaseError when a step fails or its lock stays taken.
     """
     if not exclusive:
-        return _migrate(conn, schema, create, validations, lock_timeout, attempts)
+        return _migrate(conn, schema, create, validations, lock_timeout, attempts, synchronous)
     key = f"jobs-cli migrations {schema}"
     # Polled, not waited for: a statement waiting for the lock would hold a
     # snapshot that the holder's CREATE INDEX CONCURRENTLY waits for in turn.
@@ -564,13 +569,13 @@ def migrate(conn: "psycopg.Connection", schema: str, *, create: bool = True,
                            (key,)).fetchone()[0]:
         time.sleep(0.05)
     try:
-        return _migrate(conn, schema, create, validations, lock_timeout, attempts)
+        return _migrate(conn, schema, create, validations, lock_timeout, attempts, synchronous)
     finally:
         conn.execute("SELECT pg_advisory_unlock(hashtextextended(%s, 0))", (key,))
 
 
 def _migrate(conn: "psycopg.Connection", schema: str, create: bool, validations: bool,
-             lock_timeout: float, attempts: int) -> Outcome:
+             lock_timeout: float, attempts: int, synchronous: bool) -> Outcome:
     outcome = Outcome()
     try:
         done = applied_steps(conn, schema)
@@ -580,7 +585,7 @@ def _migrate(conn: "psycopg.Connection", schema: str, create: bool, validations:
         done = None
     applier = _Applier(conn, schema, lock_timeout, attempts)
     if done is None:
-        if create and applier.create_all(validations):
+        if create and applier.create_all(validations, synchronous):
             outcome.applied = [step.name for step in STEPS
                                if validations or step.kind != VALIDATE]
             outcome.pending = [step.name for step in STEPS if step.name not in outcome.applied]
@@ -631,7 +636,7 @@ class _Applier:
 
         self._in_transaction("bootstrap", run, record=False)
 
-    def create_all(self, validations: bool) -> bool:
+    def create_all(self, validations: bool, synchronous: bool) -> bool:
         """Every step in one transaction, if neither the table nor the record of steps
         exists once the bootstrap lock is held (see the module docstring); whether it did."""
         from psycopg import sql
@@ -647,6 +652,8 @@ class _Applier:
                     (self.table.as_string(self.conn),
                      qualified(self.conn, self.schema, MIGRATIONS_TABLE))).fetchone()[0]:
                 return
+            if not synchronous:
+                self.conn.execute("SET LOCAL synchronous_commit = off")
             self.conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(
                 sql.Identifier(self.schema)))
             self.conn.execute(MIGRATIONS_DDL)
