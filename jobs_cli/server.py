@@ -100,7 +100,7 @@ INCOMPLETE_MARKER = "initdb.incomplete"
 START = "start the embedded server"
 READY_POLL_SECONDS = 0.005
 # fsync()s in flight at once while making a new cluster durable (see the module doc).
-SYNC_THREADS = 8
+SYNC_THREADS = 16
 
 SERVER_CONF = """
 # Added by jobs-cli: a private server reachable only through its unix socket.
