@@ -441,8 +441,24 @@ def command_rows(report: Report, timer: Timer, conninfo: str, conn: psycopg.Conn
 
 
 def throughput_rows(report: Report, timer: Timer, sizes: Sizes) -> None:
-    """stdout and stderr of `run` through a pipe, net of each pipeline's fixed cost."""
+    """stdout and stderr of `run` through a pipe, net of each pipeline's fixed cost.
+
+    Each is measured twice. As the scheduler places the processes, which is what a
+    user gets but swings both sides between 1 and 3 GB/s from one run to the next on
+    2 cores: a pipe between two processes on one core is 2.5x as fast as across two,
+    and where they land is chance. And with the whole pipeline on one core (taskset),
+    steady to a few percent: there every process's CPU time adds up, so it shows
+    what the wrapper costs.
+    """
     size = sizes.stream_bytes
+    taskset = shutil.which("taskset")
+    for placement, prefix in (("", ""), (" (on one core)", f"{taskset} -c 0 ")):
+        if prefix and not taskset:
+            continue
+        stream_rows(report, timer, size, placement, prefix)
+
+
+def stream_rows(report: Report, timer: Timer, size: int, placement: str, prefix: str) -> None:
     run = f"{shlex.quote(JOBS_CLI)} run --name bench-stream --"
     shapes = {
         "stdout": ("head -c {n} /dev/zero | cat >/dev/null",
@@ -452,14 +468,15 @@ def throughput_rows(report: Report, timer: Timer, sizes: Sizes) -> None:
                    run + " sh -c 'exec head -c {n} /dev/zero >&2' 2>&1 | cat >/dev/null",
                    "`command 2>&1 \\| cat >/dev/null`", "≥ 1.0x", 1.0),
     }
-    print("throughput:", file=sys.stderr)
+    print(f"throughput{placement}:", file=sys.stderr)
     for stream, (plain, wrapped, baseline, goal, limit) in shapes.items():
-        found = timer.medians({label: sh(template.format(n=n)) for label, template, n in (
-            ("plain", plain, size), ("plain0", plain, 0),
-            ("wrapped", wrapped, size), ("wrapped0", wrapped, 0))})
+        found = timer.medians({label: shlex.split(prefix) + sh(template.format(n=n))
+                               for label, template, n in (
+                                   ("plain", plain, size), ("plain0", plain, 0),
+                                   ("wrapped", wrapped, size), ("wrapped0", wrapped, 0))})
         startup = f"{ms(found['wrapped0'] - found['plain0'])}"
-        measure = (f"{stream} throughput of `run`, {size // MIB:,} MiB through a pipe to "
-                   f"`cat`, net of start-up ({startup})")
+        measure = (f"{stream} throughput of `run`{placement}, {size // MIB:,} MiB through a "
+                   f"pipe to `cat`, net of start-up ({startup})")
         plain_net, wrapped_net = found["plain"] - found["plain0"], found["wrapped"] - found["wrapped0"]
         if min(plain_net, wrapped_net) <= 0:  # too few bytes to tell from the noise
             report.add(measure, baseline, "(too small to measure)", None, goal, None)

@@ -10,14 +10,14 @@ Output
     through a copying loop), and `jobs-cli run ... -- extract | load` behaves as
     `extract | load` does, SIGPIPE included. stdin is inherited too.
 
-    stderr goes through a pipe. The wrapper copies each chunk to its own fd 2 as soon
-    as it arrives (no buffering, so logs appear live) and keeps the last `tail_bytes`
-    in a RingBuffer for the run's record, as runitor does: memory stays bounded however
-    much the child writes. The pipe is enlarged to 1 MiB and read into one reused
-    buffer, so a chatty child costs a few syscalls per MiB and no allocation
-    (bench/run.py measures the copy against `2>&1 | cat`). If the wrapper's stderr goes
-    away (closed, broken pipe) it keeps reading, so the tail is still recorded and the
-    child is neither blocked nor killed by the wrapper's problem.
+    stderr goes through a pipe. The wrapper passes each chunk on to its own fd 2 as
+    soon as it arrives (no buffering, so logs appear live) and keeps the last
+    `tail_bytes` for the run's record, as runitor does: memory stays bounded however
+    much the child writes. The pipe is enlarged to 1 MiB, and on Linux the bytes are
+    passed on by the kernel without being copied through the wrapper (see
+    `pipecopy`; bench/run.py measures it against `2>&1 | cat`). If the wrapper's
+    stderr goes away (closed, broken pipe) it keeps reading, so the tail is still
+    recorded and the child is neither blocked nor killed by the wrapper's problem.
 
     With `capture_stdout`, stdout takes the same path into the same tail, for commands
     that explain their failures on stdout; that costs a pipe and a copy. If the
@@ -96,9 +96,7 @@ supervise() handles signals, so it must be called from the main thread.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
-import select
 import selectors
 import shutil
 import signal
@@ -112,7 +110,7 @@ from typing import IO, Callable, Mapping, Sequence
 from . import config
 from .durations import format_duration
 from .errors import EXIT_FENCED
-from .ringbuffer import RingBuffer
+from .pipecopy import Copier, write_all
 from .text import error_line
 from .watchdog import Watchdog, join_group
 
@@ -122,10 +120,6 @@ EXIT_NOT_FOUND = 127
 
 FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
-# A Linux pipe holds 64 KiB by default; reads as large as the pipe only pay off once
-# it is enlarged (1 MiB reads from a 64 KiB pipe were measured slower than 64 KiB ones).
-# 1 MiB is the default pipe-max-size an unprivileged process may ask for.
-_PIPE_SIZE = 1024 * 1024
 # Bounds the copy of what is left in the pipes once the child has exited; only a
 # background grandchild that keeps writing can use it all.
 _DRAIN_LIMIT = 1.0
@@ -187,9 +181,8 @@ def supervise(
                              heartbeat=heartbeat, heartbeat_interval=heartbeat_interval,
                              renew_within=renew_within, renewed_at=renewed_at, watchdog=own)
     renewed_at = time.monotonic() if renewed_at is None else renewed_at
-    tail = RingBuffer(tail_bytes)
     _flush_python_streams()
-    with _SignalWakeup() as wakeup:
+    with _SignalWakeup() as wakeup, Copier(tail_bytes) as copier:
         try:
             child = subprocess.Popen(
                 list(argv), env=env, stderr=subprocess.PIPE,
@@ -200,7 +193,7 @@ def supervise(
         with child:
             try:
                 beating = _Heartbeat(heartbeat, heartbeat_interval, renewed_at, wakeup)
-                run = _Run(child, watchdog.pgid, tail, wakeup, timeout, kill_after,
+                run = _Run(child, watchdog.pgid, copier, wakeup, timeout, kill_after,
                            beating, renew_within)
                 with beating if heartbeat is not None else contextlib.nullcontext():
                     return run.wait()
@@ -219,46 +212,25 @@ def _flush_python_streams() -> None:
                 stream.flush()
 
 
-@dataclass
-class _Pipe:
-    """A pipe from the child, copied to one of the wrapper's own fds."""
-
-    source: IO[bytes]
-    target_fd: int
-    # stderr is read to the end even when the wrapper's stderr is gone, for the tail;
-    # captured stdout is not, so that the child sees the broken pipe.
-    read_past_broken_target: bool
-    target_open: bool = True
-
-    def pass_on(self, data: bytes) -> None:
-        if self.target_open:
-            self.target_open = _write_all(self.target_fd, data)
-
-    @property
-    def wanted(self) -> bool:
-        return self.target_open or self.read_past_broken_target
-
-
 class _Run:
     """The main loop over one started child: copy output, forward signals, time out."""
 
-    def __init__(self, child: subprocess.Popen, pgid: int, tail: RingBuffer,
+    def __init__(self, child: subprocess.Popen, pgid: int, copier: Copier,
                  wakeup: _SignalWakeup, timeout: float | None, kill_after: float,
                  heartbeat: _Heartbeat, renew_within: float | None) -> None:
         self._child = child
         self._pgid = pgid
         self._heartbeat = heartbeat
         self._renew_within = renew_within
-        self._tail = tail
+        self._copier = copier
         self._wakeup = wakeup
         self._timeout = timeout
         self._kill_after = kill_after
-        self._pipes = [_Pipe(child.stderr, 2, read_past_broken_target=True)]
+        self._pipes = {child.stderr: copier.stream(child.stderr.fileno(), 2,
+                                                   read_past_broken_target=True)}
         if child.stdout is not None:
-            self._pipes.append(_Pipe(child.stdout, 1, read_past_broken_target=False))
-        for pipe in self._pipes:
-            _enlarge(pipe.source.fileno())
-        self._buffer = memoryview(bytearray(_PIPE_SIZE))
+            self._pipes[child.stdout] = copier.stream(child.stdout.fileno(), 1,
+                                                      read_past_broken_target=False)
         self._terminate_at = None if timeout is None else time.monotonic() + timeout
         self._kill_at: float | None = None
         self._interrupted_by: int | None = None
@@ -271,28 +243,40 @@ class _Run:
         with selectors.DefaultSelector() as selector:
             selector.register(self._wakeup.fd, selectors.EVENT_READ)
             for pipe in self._pipes:
-                selector.register(pipe.source, selectors.EVENT_READ, pipe)
+                selector.register(pipe, selectors.EVENT_READ, pipe)
             while self._child.poll() is None:
-                for key, _ in selector.select(self._seconds_to_next_step()):
-                    if key.data is None:
-                        self._forward(self._wakeup.received())
-                    else:
-                        self._copy(selector, key.data)
+                self._copy_until_news(selector)
                 self._take_timeout_steps()
                 self._take_fencing_steps()
             self._drain(selector)
         return self._outcome()
 
-    def _copy(self, selector: selectors.BaseSelector, pipe: _Pipe) -> None:
-        count = os.readv(pipe.source.fileno(), [self._buffer])
-        if count:
-            data = self._buffer[:count]
-            self._tail.write(data)
-            pipe.pass_on(data)
-        if not count or not pipe.wanted:
-            selector.unregister(pipe.source)
-            pipe.source.close()
-            self._pipes.remove(pipe)
+    def _copy_until_news(self, selector: selectors.BaseSelector) -> None:
+        """Copy output until a signal (SIGCHLD included), a heartbeat's news or the
+        time of the next step: the child's state and the steps change only then, so a
+        chatty child costs no more than the copy per chunk."""
+        wait = self._seconds_to_next_step()
+        until = None if wait is None else time.monotonic() + wait
+        while True:
+            left = None if until is None else max(0.0, until - time.monotonic())
+            events = selector.select(left)
+            if not events:
+                return
+            news = False
+            for key, _ in events:
+                if key.data is None:
+                    self._forward(self._wakeup.received())
+                    news = True
+                else:
+                    self._copy(selector, key.data)
+            if news:
+                return
+
+    def _copy(self, selector: selectors.BaseSelector, pipe: IO[bytes]) -> None:
+        if not self._copier.copy(self._pipes[pipe]):
+            selector.unregister(pipe)
+            pipe.close()
+            del self._pipes[pipe]
 
     def _drain(self, selector: selectors.BaseSelector) -> None:
         give_up_at = time.monotonic() + _DRAIN_LIMIT
@@ -367,7 +351,7 @@ class _Run:
 
     def _outcome(self) -> Outcome:
         returncode = self._child.returncode
-        tail = self._tail.getvalue()
+        tail = self._copier.tail()
         killed_by = -returncode if returncode < 0 else None
         if self._interrupted_by is not None:
             signum = self._interrupted_by
@@ -471,34 +455,13 @@ class _Heartbeat:
                 return
             except Exception as error:
                 if not failing:
-                    _write_all(2, f"jobs-cli: heartbeat failed: {error_line(error)}\n"
+                    write_all(2, f"jobs-cli: heartbeat failed: {error_line(error)}\n"
                                .encode(errors="replace"))
                 failing = True
             else:
                 failing = False
                 self.renewed_at = began
                 self._wakeup.wake()
-
-
-def _enlarge(fd: int) -> None:
-    try:
-        fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, _PIPE_SIZE)
-    except OSError:
-        pass  # over the user's pipe quota: the default size works too
-
-
-def _write_all(fd: int, data: bytes | memoryview) -> bool:
-    """Write all of `data`; False if `fd` no longer takes output (closed, broken pipe)."""
-    view = memoryview(data)
-    while view:
-        try:
-            view = view[os.write(fd, view):]
-        except BlockingIOError:
-            # Someone set O_NONBLOCK on a terminal or pipe we share: wait, drop nothing.
-            select.select([], [fd], [])
-        except OSError:
-            return False
-    return True
 
 
 def _signal_group(pgid: int, signum: int) -> None:
