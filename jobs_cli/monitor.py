@@ -151,15 +151,11 @@ JOB_SUMMARIES = """
 SELECT names.name,
        now() AS checked_at,
        summary.recent_ids[1] AS last_run_id,
-       coalesce(CASE WHEN summary.recent_unsettled
-                     THEN (SELECT array_agg(state ORDER BY position)
-                           FROM (""" + _NEWEST_VIEWED + """) newest)
+       coalesce(CASE WHEN summary.recent_unsettled THEN viewed.states
                      ELSE summary.recent_statuses END, '{{}}') AS recent_states,
        coalesce(summary.recent_starts, '{{}}') AS recent_starts,
        coalesce(summary.recent_ends, '{{}}') AS recent_ends,
-       coalesce(CASE WHEN summary.recent_unsettled
-                     THEN (SELECT array_agg(duration_seconds ORDER BY position)
-                           FROM (""" + _NEWEST_VIEWED + """) newest)
+       coalesce(CASE WHEN summary.recent_unsettled THEN viewed.durations
                      ELSE summary.recent_durations END, '{{}}') AS recent_durations,
        summary.last_success_start,
        summary.last_success_end,
@@ -168,6 +164,12 @@ SELECT names.name,
        coalesce(unfinished.dead, 0) AS dead,
        coalesce(unfinished.running, 0) AS running
 FROM {names}
+LEFT JOIN LATERAL (
+    SELECT array_agg(state ORDER BY position) AS states,
+           array_agg(duration_seconds ORDER BY position) AS durations
+    FROM (""" + _NEWEST_VIEWED + """) newest
+    WHERE summary.recent_unsettled
+) viewed ON true
 LEFT JOIN LATERAL (
     SELECT count(*) FILTER (WHERE {live}) AS live,
            count(*) FILTER (WHERE {dead}) AS dead,
