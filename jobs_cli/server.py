@@ -307,6 +307,10 @@ class EmbeddedServer:
             self.incomplete_marker.write_text(
                 "jobs-cli is creating data/ here (or crashed while doing so); "
                 "the next start makes it again\n")
+            # On disk before any of initdb's files can be (initdb runs with --no-sync):
+            # a power cut must not leave a half-made cluster without its marker.
+            _fsync(self.incomplete_marker)
+            _fsync(self.home)
         for path in (self.data_dir, self.log_dir):
             self._make_dir(path, user)
         self._pg("initdb", "-D", str(self.data_dir), "-U", SUPERUSER, "-A", "trust",
