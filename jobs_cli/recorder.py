@@ -149,8 +149,12 @@ class Recorder:
         # allows; the claim is keyed by the invocation's run_key, so a repeat
         # after a lost connection finds its own run.
         with translated_errors(self.database):
-            patiently(self.database, lambda _, **options: self._connection(**options))
-            ensure_schema(self._connection(), self.database)
+            def connect_once(_: Database, **options: object) -> None:
+                # The schema check too: a server stopping just after it let us in
+                # ends the connection there (57P01), and that is worth waiting for.
+                ensure_schema(self._connection(**options), self.database)
+
+            patiently(self.database, connect_once)
         self._replay_on_the_way()
         with translated_errors(self.database):
             def claim_once(_: Database, **options: object) -> runs.Claim:

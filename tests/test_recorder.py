@@ -19,6 +19,7 @@ from jobs_cli import runs, spool
 from jobs_cli.db import Database
 from jobs_cli.errors import SpoolError
 from jobs_cli.recorder import Recorder, Replayed
+from jobs_cli.retry import Patience
 from jobs_cli.supervise import Fence
 from jobs_cli.states import ERROR, SUCCESS
 
@@ -96,6 +97,25 @@ def test_a_claim_records_who_runs_what_with_a_lease_and_reads_the_watermark(reco
     assert run.lease_until - run.heartbeat_at == timedelta(seconds=90)
     assert claimed.last_success == int(earlier.start_date.timestamp())
     assert claimed.abandoned == [] and claimed.blocking is None
+
+
+def test_a_connection_ended_before_the_claim_is_waited_out_not_a_skipped_run(
+        make_recorder, database, conn, monkeypatch):
+    # As a server stopping (fast) just after letting the wrapper in ends its
+    # connection: here before the schema check, which the soak found exiting 69.
+    from jobs_cli import recorder as recorder_module
+
+    real, ended = recorder_module.ensure_schema, []
+
+    def ended_once(connection, target):
+        if not ended:
+            ended.append(connection.info.backend_pid)
+            connection.execute("SELECT pg_terminate_backend(pg_backend_pid())")
+        return real(connection, target)
+
+    monkeypatch.setattr(recorder_module, "ensure_schema", ended_once)
+    claimed = claim(make_recorder(replace(database, patience=Patience(seconds=30))))
+    assert ended and row(conn, claimed.run.id, "status, pid") == ("in_progress", 4242)
 
 
 def test_a_live_run_blocks_a_claim_of_its_name_unless_overlap_is_allowed(make_recorder, conn):
