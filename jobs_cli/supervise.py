@@ -269,7 +269,9 @@ class _Run:
                     news = True
                 else:
                     self._copy(selector, key.data)
-            if news:
+            # A child whose output never stops (the pipe is ready at every select)
+            # must not hold off its timeout, SIGKILL or lost lease.
+            if news or (until is not None and time.monotonic() >= until):
                 return
 
     def _copy(self, selector: selectors.BaseSelector, pipe: IO[bytes]) -> None:

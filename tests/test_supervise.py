@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -253,6 +254,40 @@ def test_child_ignoring_sigterm_is_killed_after_kill_after():
     # Ended by the SIGKILL at timeout + kill_after, long before its sleep would end.
     assert 0.45 < time.monotonic() - started < 60
     assert (outcome.exit_code, outcome.description) == (124, "timed out after 0.2s")
+
+
+@pytest.mark.parametrize("wrapper_stderr", ["pipe", "socket"])  # splice; read and write
+def test_timeout_applies_to_a_child_whose_stderr_never_stops(wrapper_stderr):
+    """Output waiting at every look must not hold off the timeout's steps. The
+    wrapper's stderr is read slowly, so `yes` refills its pipe while the wrapper
+    waits to pass a chunk on: the pipe is never found empty."""
+    if wrapper_stderr == "pipe":
+        read_end, write_end = os.pipe()
+    else:
+        read_end, write_end = (end.detach() for end in socket.socketpair())
+
+    def read_slowly():
+        while os.read(read_end, 1 << 16):
+            time.sleep(0.01)  # a throttle, not a synchronisation
+
+    reader = threading.Thread(target=read_slowly)
+    reader.start()
+    try:
+        with subprocess.Popen(harness_command(["sh", "-c", "yes >&2"], timeout=0.3),
+                              env=harness_env(), stdout=subprocess.PIPE,
+                              stderr=write_end) as harness:
+            os.close(write_end)
+            try:
+                harness.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                harness.kill()  # its watchdog ends `yes`
+                harness.wait()
+                pytest.fail("the timeout was never taken")
+            report = last_json_line(harness.stdout.read())
+    finally:
+        reader.join()
+        os.close(read_end)
+    assert (harness.returncode, report["description"]) == (124, "timed out after 0.3s")
 
 
 def test_timeout_applies_after_the_child_closed_its_stderr():
