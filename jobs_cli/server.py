@@ -74,6 +74,7 @@ from __future__ import annotations
 import fcntl
 import os
 import pwd
+import stat  # loaded by os already
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -357,8 +358,16 @@ class EmbeddedServer:
         log = self.log_dir / "startup.log"
         command = self._command("postgres", ("-D", str(self.data_dir), "-k", str(socket_dir),
                                              "-c", f"log_directory={self.log_dir}"), user)
-        output = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        # As root, log/ is the server user's: a link it put there (symbolic, or hard
+        # where protected_hardlinks is off) would have root append to and hand over
+        # the file it names, a FIFO would block the open; pg_ctl opened it as that user.
+        output = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW
+                         | os.O_NONBLOCK, 0o600)
         try:
+            info = os.fstat(output)
+            if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
+                raise ServerError(f"{log} is not a plain file of its own: remove it")
+            os.set_blocking(output, True)  # the postmaster's stdout and stderr
             if user is not None:
                 os.fchown(output, user.pw_uid, user.pw_gid)  # as pg_ctl -l leaves it
             return subprocess.Popen(command, stdout=output, stderr=output,

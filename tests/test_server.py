@@ -237,6 +237,25 @@ def test_as_root_an_existing_cluster_runs_as_its_owner(env, home):
     assert (result.returncode, result.stdout) == (0, "2\n"), result.stderr
 
 
+@as_root
+@pytest.mark.parametrize("link", ["symbolic", "hard"])
+def test_as_root_a_link_in_the_server_users_log_directory_is_not_followed(env, home, link):
+    """log/ belongs to the server user: root must neither append to nor hand over
+    the file a link there names (as pg_ctl, which opened the log as that user)."""
+    assert run(env, "start", "a").returncode == 0
+    assert run(env, "server", "stop").returncode == 0
+    victim = home / "victim"  # root's, outside log/
+    victim.write_text("root's own\n")
+    victim.chmod(0o600)
+    log = home / "log" / "startup.log"
+    log.unlink()
+    log.symlink_to(victim) if link == "symbolic" else os.link(victim, log)
+    result = run(env, "start", "b")
+    assert result.returncode == 1 and result.stderr.count("\n") == 1, result.stderr
+    assert str(log) in result.stderr
+    assert (victim.stat().st_uid, victim.read_text()) == (0, "root's own\n")
+
+
 # -- a JOBS_HOME one cannot use ---------------------------------------------------------
 
 def without_root_powers(argv: list[str]) -> list[str]:
