@@ -24,6 +24,7 @@ _said = False
 
 
 def main() -> None:
+    _fill_closed_standard_fds()
     try:
         try:
             from .cli import main as run_command
@@ -35,6 +36,21 @@ def main() -> None:
     except KeyboardInterrupt:
         _say_interrupted()
         raise SystemExit(_EXIT_INTERRUPTED) from None
+
+
+def _fill_closed_standard_fds() -> None:
+    """Put /dev/null where stdin, stdout or stderr is closed (`2>&-`, some daemons'
+    children), as a closed one was meant: output to nowhere. Else the next file
+    opened takes its number, and what is written there (a command's stderr, passed
+    on by `run`) goes into that file, the database connection included; and the
+    streams Python left as None would fail the command before it runs."""
+    for fd, name, mode in ((0, "stdin", "r"), (1, "stdout", "w"), (2, "stderr", "w")):
+        try:
+            os.fstat(fd)
+        except OSError:
+            os.set_inheritable(os.open(os.devnull, os.O_RDWR), True)  # takes fd: the lowest free
+            if getattr(sys, name) is None:
+                setattr(sys, name, open(fd, mode, closefd=False))
 
 
 def _skip_last_collection() -> None:

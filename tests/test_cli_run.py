@@ -239,6 +239,21 @@ def test_an_argument_that_is_not_utf8_runs_as_given(cli_env, conn):
     assert rows(conn, "command") == [("printf %s 'caf\ufffd'",)]
 
 
+@pytest.mark.parametrize("closed", [0, 1, 2])
+def test_a_closed_standard_fd_neither_stops_the_run_nor_lends_its_number(cli_env, conn, tmp_path,
+                                                                       closed):
+    """Started with stdin, stdout or stderr closed (`2>&-`, some daemons' children): the
+    command runs and is recorded, and no file the wrapper opens (its connection to the
+    database) takes that fd, which the command's output or the tool's would reach."""
+    ran = tmp_path / "ran"
+    script = f"echo out; echo err >&2; touch {ran}; exit 3"
+    result = subprocess.run(["sh", "-c", f'jobs-cli run --name a -- sh -c "$0" {closed}>&-',
+                             script], env=cli_env, capture_output=True, timeout=60)
+    assert result.returncode == 3, result.stderr
+    assert ran.exists()
+    assert rows(conn) == [("error", 3, "exit code 3\nerr")]
+
+
 def test_the_stderr_tail_survives_binary_and_nul_bytes(cli_env, conn):
     def run(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run(["jobs-cli", "run", "--name", "t", *args], env=cli_env,
