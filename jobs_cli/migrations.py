@@ -585,10 +585,10 @@ def _migrate(conn: "psycopg.Connection", schema: str, create: bool, validations:
         done = None
     applier = _Applier(conn, schema, lock_timeout, attempts)
     if done is None:
-        if create and applier.create_all(validations, synchronous):
-            outcome.applied = [step.name for step in STEPS
-                               if validations or step.kind != VALIDATE]
-            outcome.pending = [step.name for step in STEPS if step.name not in outcome.applied]
+        applied = applier.create_all(validations, synchronous) if create else None
+        if applied is not None:
+            outcome.applied = applied
+            outcome.pending = [step.name for step in STEPS if step.name not in applied]
             return outcome
         applier.bootstrap(create)
         done = set()
@@ -636,17 +636,18 @@ class _Applier:
 
         self._in_transaction("bootstrap", run, record=False)
 
-    def create_all(self, validations: bool, synchronous: bool) -> bool:
+    def create_all(self, validations: bool, synchronous: bool) -> list[str] | None:
         """Every step in one transaction, if neither the table nor the record of steps
-        exists once the bootstrap lock is held (see the module docstring); whether it did."""
+        exists once the bootstrap lock is held (see the module docstring): the steps
+        applied, or None if it found either."""
         from psycopg import sql
 
         from .roles import grant
 
-        created = False
+        applied: list[str] = []
 
         def run() -> None:
-            nonlocal created
+            applied.clear()  # a lock wait tries again
             if self.conn.execute(
                     "SELECT to_regclass(%s) IS NOT NULL OR to_regclass(%s) IS NOT NULL",
                     (self.table.as_string(self.conn),
@@ -657,7 +658,6 @@ class _Applier:
             self.conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(
                 sql.Identifier(self.schema)))
             self.conn.execute(MIGRATIONS_DDL)
-            applied = []
             for step in STEPS:
                 if step.kind == DDL:
                     self.conn.execute(step.sql)
@@ -673,10 +673,9 @@ class _Applier:
             self.conn.execute(sql.SQL("INSERT INTO {} (name) SELECT unnest(%s::text[])").format(
                 sql.Identifier(self.schema, MIGRATIONS_TABLE)), (applied,))
             grant(self.conn, self.schema)
-            created = True
 
         self._in_transaction("bootstrap", run, record=False)
-        return created
+        return applied or None
 
     def grant(self) -> None:
         """Grant the roles of roles.py what they need on objects the steps made."""

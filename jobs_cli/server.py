@@ -148,6 +148,7 @@ class EmbeddedServer:
         self.log_dir = home / "log"
         self.pid_file = self.data_dir / "postmaster.pid"
         self.incomplete_marker = home / INCOMPLETE_MARKER
+        self.startup_log = self.log_dir / "startup.log"  # the postmaster's own output
 
     # -- fast path: no lock, no subprocess ---------------------------------
 
@@ -355,7 +356,7 @@ class EmbeddedServer:
         import subprocess
 
         socket_dir = self._socket_dir(user)
-        log = self.log_dir / "startup.log"
+        log = self.startup_log
         command = self._command("postgres", ("-D", str(self.data_dir), "-k", str(socket_dir),
                                              "-c", f"log_directory={self.log_dir}"), user)
         # As root, log/ is the server user's: a link it put there (symbolic, or hard
@@ -378,7 +379,7 @@ class EmbeddedServer:
             os.close(output)
 
     def _wait_started(self, postmaster: subprocess.Popen, user: pwd.struct_passwd | None) -> None:
-        log = self.log_dir / "startup.log"
+        log = self.startup_log
         deadline = time.monotonic() + START_TIMEOUT_SECONDS
         while (ready := self._ready()) is None or ready[0] != postmaster.pid:
             if postmaster.poll() is not None:

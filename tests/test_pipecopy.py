@@ -90,6 +90,22 @@ def test_a_pipe_gets_every_byte_and_the_tail_is_the_last_bytes(copier_kind, pipe
         assert copier.tail() == everything[len(everything) - tail_bytes:]
 
 
+def test_a_pipe_is_passed_on_by_tee_where_linux_has_it(pipes, monkeypatch):
+    # The "zero copy" runs above would pass through the fallback too: this one
+    # fails if the bytes for a pipe do not go through tee(2).
+    tee = pipecopy._load_tee()
+    if tee is None:
+        pytest.skip("no tee(2) here")
+    duplicated = []
+    monkeypatch.setattr(pipecopy, "_load_tee", lambda: lambda *args: duplicated.append(
+        tee(*args)) or duplicated[-1])
+    source, target = pipes(1 << 20), pipes(1 << 20)
+    with Copier(100) as copier:
+        stream = copier.stream(source.read_fd, target.write_fd, read_past_broken_target=True)
+        out = pass_through(copier, stream, source, target, chunks(3, 200_000))
+        assert sum(duplicated) == len(out) == 600_000
+
+
 def test_many_tiny_chunks_keep_the_whole_tail(copier_kind, pipes):
     # More chunks than the tail pipe has slots, each smaller than a page.
     source, target = pipes(), pipes()
