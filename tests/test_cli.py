@@ -439,6 +439,31 @@ def test_a_relative_jobs_home_is_refused(cli):
     assert result.stderr == "jobs-cli: JOBS_HOME must be an absolute path, not 'relative/home'\n"
 
 
+
+# -- exit --------------------------------------------------------------------------------
+
+def test_exit_after_a_database_command_still_joins_threads_and_runs_atexit(cli_env, tmp_path):
+    """Such a command ends without the interpreter's teardown: what the interpreter
+    does at exit and the program's output must still all happen."""
+    said = tmp_path / "said"
+    code = ("import atexit, sys, threading, time\n"
+            "from jobs_cli.entry import main\n"
+            f"said = open({str(said)!r}, 'a')\n"
+            "def late():\n"
+            "    time.sleep(1)  # outlives the command but on the slowest machine\n"
+            "    print('thread', file=said, flush=True)\n"
+            "threading.Thread(target=late).start()\n"
+            "atexit.register(lambda: print('atexit', file=said, flush=True) or print('bye'))\n"
+            "sys.argv = ['jobs-cli', 'last-success', 'nothing-yet', '--default', '7']\n"
+            "print('x' * 1000, end='')  # still in the buffer\n"
+            "main()")
+    env = {name: value for name, value in cli_env.items() if name != "PYTHONUNBUFFERED"}
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                            text=True, timeout=60)
+    assert (result.returncode, result.stdout) == (0, "x" * 1000 + "7\nbye\n")
+    assert said.read_text().split() == ["thread", "atexit"]  # the interpreter's order
+
+
 # -- Ctrl-C ------------------------------------------------------------------------------
 
 def interrupted_once(process: subprocess.Popen) -> None:

@@ -183,6 +183,15 @@ def test_captured_stdout_passes_through_and_joins_the_tail(capfdbinary):
     assert capfdbinary.readouterr() == (b"out\n", b"err\n")
 
 
+def test_the_child_and_the_caller_keep_the_callers_scheduling_policy(capfdbinary):
+    """The wrapper's own threads run as SCHED_BATCH while they copy (see Main loop):
+    that must not leak into the command, nor outlast the call."""
+    outcome = supervise([PY, "-c", "import os; print(os.sched_getscheduler(0))"])
+    assert outcome.exit_code == 0
+    assert capfdbinary.readouterr().out == f"{os.SCHED_OTHER}\n".encode()
+    assert os.sched_getscheduler(0) == os.SCHED_OTHER
+
+
 def test_inherited_stdout_is_byte_exact():
     child = py("import hashlib, os, sys\n"
                "data = os.urandom(50 << 20)\n"
