@@ -18,10 +18,14 @@ Linux can pass the bytes on without anyone copying them:
 So the bytes are copied once into the child's pipe and once out of the target pipe,
 as in the plain pipeline. bench/run.py measures it against `2>&1 | cat`.
 
-Both pipes are enlarged to 1 MiB where the user's pipe quota allows: the child's, so
-that a chunk can be large, and the target, which is the caller's, so that a large
-chunk moves in one call instead of sixteen with the reader woken for each. A pipe's
-size changes nothing but how much it buffers.
+Once 1 MiB has passed, the pipes are enlarged to 1 MiB where the user's pipe quota
+allows (never shrunk): the child's, so that a chunk can be large, the tail pipe, and
+the target, which is the caller's, so that a large chunk moves in one call instead
+of sixteen with the reader woken for each. A pipe's size changes nothing but how
+much it buffers. Not before: the quota (pipe-user-pages-soft, 64 MiB) counts a
+pipe's size, not what it holds, and a user over it gets 8 KiB pipes for every
+program; a run whose command says little, as most do, keeps the default sizes, so
+that many of them at once do not bring a service account there.
 
 Python's `os` has splice but not tee, so tee comes from libc through ctypes, loaded
 when the first output arrives (a run that writes nothing never loads it). Where any
@@ -54,6 +58,8 @@ _SPLICE_F_NONBLOCK = 2
 # The tail pipe is cut back when it holds more than this, not after every chunk:
 # a system call less for most chunks, while a chunk still has room to be large.
 _CUT_AT = PIPE_SIZE // 2
+# Bytes passed on before the pipes are enlarged (see the module docstring).
+_ENLARGE_AFTER = PIPE_SIZE
 
 Tee = Callable[[int, int, int], int]
 
@@ -96,17 +102,18 @@ class Copier:
         self._held = 0  # bytes in the tail pipe, after those in the ring
         self._null: int | None = None
         self._buffer: memoryview | None = None
+        self._streams: list[Stream] = []
+        self._passed = 0  # bytes passed on, until the pipes are enlarged
 
     def stream(self, source_fd: int, target_fd: int, read_past_broken_target: bool) -> Stream:
-        """A pipe from the child to pass on to `target_fd`, both enlarged."""
+        """A pipe from the child to pass on to `target_fd`."""
         stream = Stream(source_fd, target_fd, read_past_broken_target)
-        _enlarge(source_fd)
-        if stream.spliceable:
-            _enlarge(target_fd)
+        self._streams.append(stream)
         return stream
 
     def copy(self, stream: Stream) -> bool:
-        """Pass on what `stream`'s pipe holds; False once it is to be read no more."""
+        """Pass on what `stream`'s pipe holds, or with tee as much of it as the tail pipe
+        has room for; False once it is to be read no more."""
         if stream.spliceable and self._zero_copy():
             count = self._tee_into_tail(stream.source_fd)
             if count is None:
@@ -117,6 +124,10 @@ class Copier:
             data = self._read_buffer()[:count]
             self._keep(data)
             _pass_on(stream, data)
+        if self._passed < _ENLARGE_AFTER:
+            self._passed += count
+            if self._passed >= _ENLARGE_AFTER:
+                self._enlarge_pipes()
         return count > 0 and stream.wanted
 
     def tail(self) -> bytes:
@@ -143,7 +154,6 @@ class Copier:
             self._tee = _load_tee()
             if self._tee is not None:
                 self._tail_pipe = os.pipe()
-                _enlarge(self._tail_pipe[1])
         return self._tee is not None
 
     def _tee_into_tail(self, source_fd: int) -> int | None:
@@ -198,6 +208,14 @@ class Copier:
             self._ring.write(data)
             self._held -= len(data)
 
+    def _enlarge_pipes(self) -> None:
+        for stream in self._streams:
+            _enlarge(stream.source_fd)
+            if stream.spliceable:
+                _enlarge(stream.target_fd)
+        if self._tail_pipe is not None:
+            _enlarge(self._tail_pipe[1])
+
     # -- read and write ------------------------------------------------------------
 
     def _keep(self, data: memoryview) -> None:
@@ -217,7 +235,8 @@ class Copier:
 
 def _enlarge(fd: int) -> None:
     try:
-        fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
+        if fcntl.fcntl(fd, fcntl.F_GETPIPE_SZ) < PIPE_SIZE:  # the caller's may be larger
+            fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
     except OSError:
         pass  # over the user's pipe quota, or not ours to change: any size works
 

@@ -6,6 +6,8 @@ up a chunk is decided by the test, not by timing.
 
 import fcntl
 import os
+import struct
+import termios
 import threading
 
 import pytest
@@ -66,12 +68,24 @@ def read_available(fd):
         out += data
 
 
+def waiting(fd):
+    return struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0" * 4))[0]
+
+
+def copy_all(copier, stream, source):
+    """copy() until the source pipe is empty, as the wrapper's loop does while it is
+    readable: a call passes as much as the tail pipe has room for."""
+    assert copier.copy(stream)
+    while waiting(source.read_fd):
+        assert copier.copy(stream)
+
+
 def pass_through(copier, stream, source, target, parts):
     """Write each part, copy it on, and read it from the target: what came out."""
     out = bytearray()
     for part in parts:
         os.write(source.write_fd, part)
-        assert copier.copy(stream)
+        copy_all(copier, stream, source)
         out += read_available(target.read_fd)
     return bytes(out)
 
@@ -118,6 +132,31 @@ def test_many_tiny_chunks_keep_the_whole_tail(copier_kind, pipes):
         assert copier.tail() == everything[-5000:]
 
 
+def pipe_sizes(*fds):
+    return [fcntl.fcntl(fd, fcntl.F_GETPIPE_SZ) for fd in fds]
+
+
+def test_the_pipes_are_enlarged_once_a_mebibyte_has_passed_and_never_shrunk(copier_kind, pipes):
+    """Until then they keep their sizes: the user's pipe quota counts sizes (see pipecopy)."""
+    source, target = pipes(), pipes()
+    default = pipe_sizes(source.write_fd)[0]
+    with Copier(100) as copier:
+        stream = copier.stream(source.read_fd, target.write_fd, read_past_broken_target=True)
+        pass_through(copier, stream, source, target, chunks(15, 65_536))
+        assert pipe_sizes(source.write_fd, target.write_fd) == [default, default]
+        pass_through(copier, stream, source, target, chunks(1, 65_536))
+        assert pipe_sizes(source.write_fd, target.write_fd) == [pipecopy.PIPE_SIZE] * 2
+    large_source, large_target = pipes(), pipes()
+    try:  # larger than an unprivileged process may ask for
+        fcntl.fcntl(large_target.write_fd, fcntl.F_SETPIPE_SZ, 2 * pipecopy.PIPE_SIZE)
+    except PermissionError:
+        return
+    with Copier(100) as copier:
+        stream = copier.stream(large_source.read_fd, large_target.write_fd, True)
+        pass_through(copier, stream, large_source, large_target, chunks(16, 65_536))
+        assert pipe_sizes(large_target.write_fd) == [2 * pipecopy.PIPE_SIZE]
+
+
 def test_a_file_gets_every_byte(copier_kind, pipes, tmp_path):
     source = pipes(1 << 20)
     parts = chunks(5, 100_000)
@@ -125,7 +164,7 @@ def test_a_file_gets_every_byte(copier_kind, pipes, tmp_path):
         stream = copier.stream(source.read_fd, log.fileno(), read_past_broken_target=True)
         for part in parts:
             os.write(source.write_fd, part)
-            assert copier.copy(stream)
+            copy_all(copier, stream, source)
         assert copier.tail() == parts[-1][-100:]
     assert (tmp_path / "log").read_bytes() == b"".join(parts)
 
@@ -143,7 +182,7 @@ def test_the_tail_keeps_the_order_of_chunks_across_streams(copier_kind, pipes, t
             source, stream = streams[name]
             part = f"{name}{index}\n".encode()
             os.write(source.write_fd, part)
-            assert copier.copy(stream)
+            copy_all(copier, stream, source)
             written += part
         assert copier.tail() == written
         assert read_available(err_target.read_fd) == b"err0\nerr3\nerr5\nerr6\n"
@@ -156,7 +195,7 @@ def test_a_broken_target_is_dropped_and_read_past_for_the_tail(copier_kind, pipe
         stream = copier.stream(source.read_fd, target.write_fd, read_past_broken_target=True)
         for part in chunks(4, 50_000):
             os.write(source.write_fd, part)
-            assert copier.copy(stream)
+            copy_all(copier, stream, source)
         assert not stream.target_open
         assert copier.tail() == part[-1000:]
         os.close(source.write_fd)
@@ -185,7 +224,7 @@ def test_a_closed_target_fd_is_a_broken_target(copier_kind, pipes):
 
 def test_a_non_blocking_full_target_loses_nothing(copier_kind, pipes):
     # Someone set O_NONBLOCK on the pipe we share: the copy waits for the reader.
-    source, target = pipes(), pipes()
+    source, target = pipes(1 << 20), pipes()
     parts = chunks(8, 500_000)
     received = bytearray()
 
@@ -198,9 +237,9 @@ def test_a_non_blocking_full_target_loses_nothing(copier_kind, pipes):
     with Copier(10) as copier:
         stream = copier.stream(source.read_fd, target.write_fd, read_past_broken_target=True)
         os.set_blocking(target.write_fd, False)
-        for part in parts:  # each larger than the target pipe holds, even enlarged
+        for part in parts:  # each larger than the target pipe holds at first
             os.write(source.write_fd, part)
-            assert copier.copy(stream)
+            copy_all(copier, stream, source)
         os.close(target.write_fd)
         thread.join()
         data = b"".join(parts)
