@@ -128,7 +128,11 @@ class Copier:
             self._passed += count
             if self._passed >= _ENLARGE_AFTER:
                 self._enlarge_pipes()
-        return count > 0 and stream.wanted
+        if count > 0 and stream.wanted:
+            return True
+        # Its pipe is closed next, and the number reused: not one to enlarge.
+        self._streams = [kept for kept in self._streams if kept is not stream]
+        return False
 
     def tail(self) -> bytes:
         self._spill()
@@ -154,6 +158,8 @@ class Copier:
             self._tee = _load_tee()
             if self._tee is not None:
                 self._tail_pipe = os.pipe()
+                if self._passed >= _ENLARGE_AFTER:  # through another stream, into a file
+                    _enlarge(self._tail_pipe[1])
         return self._tee is not None
 
     def _tee_into_tail(self, source_fd: int) -> int | None:

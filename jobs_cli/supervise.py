@@ -62,8 +62,9 @@ Main loop
     stderr early is still waited for. Once the child has exited, what is left in the
     pipes is copied and the pipes are closed: a background grandchild holding stderr
     open does not keep the run open.
-    While the child runs, the wrapper's threads are scheduled as SCHED_BATCH (Linux;
-    the child, already started, keeps the caller's policy): a thread waking up
+    While the child runs, the main loop's thread is scheduled as SCHED_BATCH (Linux;
+    the child and the heartbeat's thread, started before, keep the caller's
+    policy, and so does what they start): a thread waking up
     for output then no longer preempts the child, which goes on filling the pipe,
     so each wake-up copies much more. Its reaction to signals and deadlines is
     then late by a scheduler tick at most, and only while the CPU is busy. On one
@@ -196,12 +197,15 @@ def supervise(
                 **join_group(watchdog.pgid))
         except OSError as error:
             return _exec_failure(argv[0], error, env)
-        with child, _scheduled_as_batch():
+        with child:
             try:
                 beating = _Heartbeat(heartbeat, heartbeat_interval, renewed_at, wakeup)
                 run = _Run(child, watchdog.pgid, copier, wakeup, timeout, kill_after,
                            beating, renew_within)
-                with beating if heartbeat is not None else contextlib.nullcontext():
+                # The heartbeat's thread is started first, keeping the caller's policy:
+                # it may start the embedded server, which would keep SCHED_BATCH for good.
+                with beating if heartbeat is not None else contextlib.nullcontext(), \
+                        _scheduled_as_batch():
                     return run.wait()
             except BaseException:
                 # Nobody would record or stop the command after this: end it now.
@@ -211,7 +215,7 @@ def supervise(
 
 @contextlib.contextmanager
 def _scheduled_as_batch() -> Iterator[None]:
-    """The calling thread as SCHED_BATCH, and the threads it starts (see Main loop);
+    """The calling thread as SCHED_BATCH, and what it starts meanwhile (see Main loop);
     left alone when it runs under another policy than the default."""
     batch = getattr(os, "SCHED_BATCH", None)
     try:

@@ -157,6 +157,23 @@ def test_the_pipes_are_enlarged_once_a_mebibyte_has_passed_and_never_shrunk(copi
         assert pipe_sizes(large_target.write_fd) == [2 * pipecopy.PIPE_SIZE]
 
 
+def test_a_pipe_that_took_an_ended_streams_number_is_left_alone(copier_kind, pipes):
+    ended, source, target = pipes(), pipes(), pipes()
+    with Copier(100) as copier:
+        done = copier.stream(ended.read_fd, target.write_fd, read_past_broken_target=True)
+        os.close(ended.write_fd)
+        assert not copier.copy(done)
+        os.close(ended.read_fd)
+        newcomer = os.pipe()  # the lowest free numbers: the ended stream's
+        try:
+            stream = copier.stream(source.read_fd, target.write_fd, True)
+            pass_through(copier, stream, source, target, chunks(16, 65_536))
+            assert pipe_sizes(newcomer[1]) != [pipecopy.PIPE_SIZE]
+        finally:
+            os.close(newcomer[0])
+            os.close(newcomer[1])
+
+
 def test_a_file_gets_every_byte(copier_kind, pipes, tmp_path):
     source = pipes(1 << 20)
     parts = chunks(5, 100_000)

@@ -485,6 +485,22 @@ def until_exists(path: Path) -> list[str]:
     return ["sh", "-c", f"while [ ! -e {path} ]; do sleep 0.01; done"]
 
 
+def test_what_a_heartbeat_starts_keeps_the_callers_scheduling_policy(tmp_path):
+    """A heartbeat may start the embedded server (it reconnects), which must not
+    inherit the main loop's SCHED_BATCH for the rest of its life."""
+    policies = []
+    enough = tmp_path / "enough"
+
+    def beat():
+        started = subprocess.run([PY, "-c", "import os; print(os.sched_getscheduler(0))"],
+                                 capture_output=True, text=True, check=True)
+        policies.append(int(started.stdout))
+        enough.touch()
+
+    supervise(until_exists(enough), heartbeat=beat, heartbeat_interval=0.05)
+    assert policies and set(policies) == {os.SCHED_OTHER}
+
+
 def test_heartbeat_is_called_every_interval_while_the_child_runs(tmp_path):
     beats = []
     enough = tmp_path / "enough"
