@@ -13,11 +13,12 @@ Output
     stderr goes through a pipe. The wrapper passes each chunk on to its own fd 2 as
     soon as it arrives (no buffering, so logs appear live) and keeps the last
     `tail_bytes` for the run's record, as runitor does: memory stays bounded however
-    much the child writes. The pipe is enlarged to 1 MiB, and on Linux the bytes are
-    passed on by the kernel without being copied through the wrapper (see
-    `pipecopy`; bench/run.py measures it against `2>&1 | cat`). If the wrapper's
-    stderr goes away (closed, broken pipe) it keeps reading, so the tail is still
-    recorded and the child is neither blocked nor killed by the wrapper's problem.
+    much the child writes. The pipe is enlarged to 1 MiB once that much has passed,
+    and on Linux the bytes are passed on by the kernel without being copied through
+    the wrapper (see `pipecopy`; bench/run.py measures it against `2>&1 | cat`). If
+    the wrapper's stderr goes away (closed, broken pipe) it keeps reading, so the
+    tail is still recorded and the child is neither blocked nor killed by the
+    wrapper's problem.
 
     With `capture_stdout`, stdout takes the same path into the same tail, for commands
     that explain their failures on stdout; that costs a pipe and a copy. If the
