@@ -64,12 +64,12 @@ Main loop
     pipes is copied and the pipes are closed: a background grandchild holding stderr
     open does not keep the run open.
     While the child runs, the main loop's thread is scheduled as SCHED_BATCH (Linux;
-    the child and the heartbeat's thread, started before, keep the caller's
-    policy, and so does what they start): a thread waking up
-    for output then no longer preempts the child, which goes on filling the pipe,
-    so each wake-up copies much more. Its reaction to signals and deadlines is
-    then late by a scheduler tick at most, and only while the CPU is busy. On one
-    core, 4 GiB of stderr: 1.01x the speed of `2>&1 | cat` without, 1.17x with.
+    the child and the heartbeat's thread, started before, keep the caller's policy,
+    and so does what they start): woken for output, it then no longer preempts the
+    child, which goes on filling the pipe, so each wake-up copies much more. Its
+    reaction to signals and deadlines is late by a scheduler tick at most, and only
+    while the CPU is busy. On one core, 4 GiB of stderr: 1.01x the speed of
+    `2>&1 | cat` without, 1.17x with.
 
 Heartbeat
     `heartbeat` runs in a thread of its own. In the main loop, a slow database call
