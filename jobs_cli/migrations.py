@@ -626,10 +626,7 @@ class _Applier:
         from psycopg import sql
 
         def run() -> None:
-            if create_schema:
-                self.conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(
-                    sql.Identifier(self.schema)))
-            self.conn.execute(MIGRATIONS_DDL)
+            self._create_steps_table(create_schema)
             # A table dropped by hand: the records of its steps are stale.
             self.conn.execute(sql.SQL("DELETE FROM {} WHERE to_regclass(%s) IS NULL").format(
                 sql.Identifier(self.schema, MIGRATIONS_TABLE)), (self.table.as_string(self.conn),))
@@ -655,9 +652,7 @@ class _Applier:
                 return
             if not synchronous:
                 self.conn.execute("SET LOCAL synchronous_commit = off")
-            self.conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(
-                sql.Identifier(self.schema)))
-            self.conn.execute(MIGRATIONS_DDL)
+            self._create_steps_table(create_schema=True)
             for step in STEPS:
                 if step.kind == DDL:
                     self.conn.execute(step.sql)
@@ -676,6 +671,15 @@ class _Applier:
 
         self._in_transaction("bootstrap", run, record=False)
         return applied or None
+
+    def _create_steps_table(self, create_schema: bool) -> None:
+        """The record of steps, and the schema first if asked."""
+        from psycopg import sql
+
+        if create_schema:
+            self.conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(
+                sql.Identifier(self.schema)))
+        self.conn.execute(MIGRATIONS_DDL)
 
     def grant(self) -> None:
         """Grant the roles of roles.py what they need on objects the steps made."""

@@ -183,12 +183,13 @@ def test_captured_stdout_passes_through_and_joins_the_tail(capfdbinary):
     assert capfdbinary.readouterr() == (b"out\n", b"err\n")
 
 
-def test_the_child_and_the_caller_keep_the_callers_scheduling_policy(capfdbinary):
-    """The wrapper's own threads run as SCHED_BATCH while they copy (see Main loop):
+def test_the_wrapper_runs_as_batch_while_the_child_runs_and_only_then(capfdbinary):
+    """The main loop's thread is SCHED_BATCH while the child runs (see Main loop):
     that must not leak into the command, nor outlast the call."""
-    outcome = supervise([PY, "-c", "import os; print(os.sched_getscheduler(0))"])
+    outcome = supervise([PY, "-c", "import os; print(os.sched_getscheduler(0),"
+                                   " os.sched_getscheduler(os.getppid()))"])
     assert outcome.exit_code == 0
-    assert capfdbinary.readouterr().out == f"{os.SCHED_OTHER}\n".encode()
+    assert capfdbinary.readouterr().out == f"{os.SCHED_OTHER} {os.SCHED_BATCH}\n".encode()
     assert os.sched_getscheduler(0) == os.SCHED_OTHER
 
 
