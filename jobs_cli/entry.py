@@ -8,8 +8,10 @@ not print a traceback. Within a command the Click layer turns Ctrl-C into
 and after that. Once the command has finished the process only exits, and a
 Ctrl-C in that last moment ends it at once, with the same line.
 
-A command that used the database exits without the interpreter's teardown
-(see `_exit_without_teardown`).
+A command that will use the embedded server has it started, in a thread,
+before click is imported (see `_head_start_embedded_server`); one that used
+the database exits without the interpreter's teardown (see
+`_exit_without_teardown`).
 """
 
 from __future__ import annotations
@@ -25,11 +27,19 @@ _INTERRUPTED_LINE = b"jobs-cli: interrupted\n"
 _EXIT_INTERRUPTED = 130  # errors.EXIT_INTERRUPTED, without importing anything here
 _said = False
 
+# The commands that use the database, and with none configured the embedded server:
+# all but `server`, which manages that server itself, and `completion`
+# (tests/test_cli.py checks this against the commands).
+DATABASE_COMMANDS = frozenset({
+    "init", "start", "finish", "fail", "last-success", "report", "run", "reap", "flush",
+    "list", "show", "status", "check", "metrics", "watch", "history", "reset"})
+
 
 def main() -> None:
     _fill_closed_standard_fds()
     try:
         try:
+            _head_start_embedded_server(sys.argv[1:])
             from .cli import main as run_command
 
             run_command()  # ends with SystemExit
@@ -57,6 +67,30 @@ def _fill_closed_standard_fds() -> None:
             os.set_inheritable(os.open(os.devnull, os.O_RDWR), True)  # takes fd: the lowest free
             if getattr(sys, name) is None:
                 setattr(sys, name, open(fd, mode, closefd=False))
+
+
+def _head_start_embedded_server(args: list[str]) -> None:
+    """Begin `db.head_start` before click and the commands' modules are imported:
+    30-50 ms sooner than the command's own connection would, which on a fresh
+    JOBS_HOME is that much of the first call's wait for its cluster.
+
+    Only for a command line whose first word is a database command, with no
+    database configured and no help asked: anything before the command (such as
+    `--database-url`) leaves the head start to the command's connection.
+    """
+    from . import config
+
+    if not args or args[0] not in DATABASE_COMMANDS or os.environ.get(config.ENV_DATABASE_URL):
+        return
+    own = args[1:args.index("--")] if "--" in args else args[1:]  # not the wrapped command's
+    if "--help" in own or "-h" in own:
+        return
+    try:
+        from .db import Database, head_start
+
+        head_start(Database(schema=os.environ.get(config.ENV_SCHEMA) or config.DEFAULT_SCHEMA))
+    except Exception:
+        pass  # the command's own connection meets it again, and says why
 
 
 def _exit_without_teardown(ending: SystemExit) -> None:

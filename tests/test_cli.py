@@ -464,6 +464,47 @@ def test_exit_after_a_database_command_still_joins_threads_and_runs_atexit(cli_e
     assert said.read_text().split() == ["thread", "atexit"]  # the interpreter's order
 
 
+# -- the embedded server's head start ---------------------------------------------------
+
+def test_the_database_commands_are_every_command_but_server_and_completion():
+    from jobs_cli.entry import DATABASE_COMMANDS
+
+    assert DATABASE_COMMANDS == set(jobs_cli.commands) - {"server", "completion"}
+
+
+HEAD_START = """
+import json, sys
+from jobs_cli import db, entry
+from jobs_cli.server import EmbeddedServer
+entry._head_start_embedded_server(sys.argv[1:])
+click_loaded = "click" in sys.modules
+for thread in list(db._starting.values()):
+    thread.join()
+print(json.dumps([click_loaded, EmbeddedServer(db.Database().home).address() is not None]))
+"""
+
+
+@pytest.mark.parametrize("args, url, starts", [
+    (["last-success", "a"], False, True),
+    (["run", "--name", "a", "--", "sh", "--help"], False, True),  # the command's --help
+    (["last-success", "a"], True, False),
+    (["last-success", "a", "--help"], False, False),
+    (["--help"], False, False),
+    (["--schema", "public", "list"], False, False),  # left to the command's connection
+    (["server", "status"], False, False),
+    (["completion", "bash"], False, False),
+    (["lsit"], False, False),
+    ([], False, False)])
+def test_a_database_command_starts_the_embedded_server_before_click_is_loaded(
+        cli_env, home, args, url, starts):
+    env = {name: value for name, value in cli_env.items() if url or name != "JOBS_DATABASE_URL"}
+    result = subprocess.run([sys.executable, "-c", HEAD_START, *args], env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == [False, starts]
+    assert (home / "data").exists() == starts
+
+
 # -- Ctrl-C ------------------------------------------------------------------------------
 
 def interrupted_once(process: subprocess.Popen) -> None:
