@@ -45,7 +45,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator, TypeVar
 
 from . import config, retry
-from .errors import DatabaseError, DatabaseUnavailable, NoJobsTable, PermissionDenied
+from .errors import (DatabaseError, DatabaseUnavailable, NoJobsTable, PermissionDenied,
+                     ServerError)
 from .text import error_line
 
 if TYPE_CHECKING:
@@ -145,6 +146,13 @@ def head_start(database: Database) -> None:
     server = EmbeddedServer(database.home)
     if server.conninfo() is None:
         import threading
+
+        try:
+            # Here, not in the thread, where finding them (a walk of ~1,100 files as
+            # root) would crawl, each file's stat() waiting for the GIL the imports hold.
+            server.binaries()
+        except ServerError:
+            return  # the command's own connection meets it again, and says why
 
         def schema(conninfo: str) -> None:
             try:

