@@ -541,9 +541,8 @@ class EmbeddedServer:
             partial = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=self.home))
             try:
                 # One process linking the ~1,100 files: copytree took 50-100 ms of Python
-                # on the first call's critical path (the main thread imports meanwhile,
-                # holding the GIL). New directories 0755 (umask 022, not the source's
-                # modes): the server user must enter them.
+                # on the first call's critical path. New directories 0755 (umask 022,
+                # not the source's modes): the server user must enter them.
                 subprocess.run(["cp", "-lRP", "--no-preserve=mode", "--parents", *trees,
                                 str(partial)], cwd=site, umask=0o022, check=True,
                                capture_output=True)
