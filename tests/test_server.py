@@ -14,10 +14,10 @@ import psycopg
 import pytest
 from conftest import private_dir
 
+from jobs_cli import server as embedded
 from jobs_cli import spool
 from jobs_cli.errors import ServerError
-from jobs_cli import server as embedded
-from jobs_cli.server import EmbeddedServer, _fsync_tree, _open_to
+from jobs_cli.server import EmbeddedServer, _fsync_tree
 
 as_root = pytest.mark.skipif(os.geteuid() != 0, reason="checks what happens as root")
 
@@ -345,31 +345,31 @@ def test_the_wheel_is_open_to_a_user_by_the_modes_of_its_files_and_the_directori
     stranger = a_user(54321, 54321)
     owner, group = site.stat().st_uid, site.stat().st_gid
     try:
-        assert _open_to(stranger, site, trees)
+        assert embedded._open_to(stranger, site, trees)
         for name, closed in [(".", 0o700), ("pkg", 0o700), ("pkg/pginstall/share/tz", 0o711),
                              ("pkg/pginstall/share/tz/UTC", 0o600),
                              ("pkg/pginstall/bin/postgres", 0o744), ("pkg.libs/libpq.so", 0o640)]:
             path = site / name
             was = path.stat().st_mode & 0o7777
             path.chmod(closed)
-            assert not _open_to(stranger, site, trees), name
+            assert not embedded._open_to(stranger, site, trees), name
             path.chmod(was)
         (root / "link").symlink_to(site)
-        assert _open_to(stranger, root / "link", trees)
+        assert embedded._open_to(stranger, root / "link", trees)
         root.chmod(0o700)  # above the link's target, not above the link
-        assert not _open_to(stranger, root / "link", trees)
+        assert not embedded._open_to(stranger, root / "link", trees)
         root.chmod(0o755)
         (site / "pkg/pginstall/share/tz/UTC").unlink()
         (site / "pkg/pginstall/share/tz/UTC").symlink_to(root / "nowhere")
-        assert not _open_to(stranger, site, trees)  # what cannot be looked at is closed
+        assert not embedded._open_to(stranger, site, trees)  # what cannot be looked at is closed
         (site / "pkg/pginstall/share/tz/UTC").unlink()
         for path in [root, *site.rglob("*"), site]:
             path.chmod(0o750 if path.is_dir() or path.name == "postgres" else 0o640)
-        assert _open_to(a_user(54321, group), site, trees)  # by its group
-        assert not _open_to(stranger, site, trees)
+        assert embedded._open_to(a_user(54321, group), site, trees)  # by its group
+        assert not embedded._open_to(stranger, site, trees)
         for path in [root, *site.rglob("*"), site]:
             path.chmod(0o700 if path.is_dir() or path.name == "postgres" else 0o600)
-        assert _open_to(a_user(owner, 54321), site, trees)  # its owner
+        assert embedded._open_to(a_user(owner, 54321), site, trees)  # its owner
     finally:
         subprocess.run(["chmod", "-R", "u+rwX", str(root)], check=False)
         shutil.rmtree(root, ignore_errors=True)
